@@ -1,0 +1,90 @@
+"""Query speed on a 100k x 100 store: this project's `Vectors` vs gensim's `KeyedVectors`.
+
+Same random vectors, same random query words, same process. Reports single-query
+`most_similar` latency and throughput for both, and our batch-of-64 throughput as a
+multiple of our single-query throughput. Prints a table and, last, one JSON line.
+
+    python bench/query_vs_gensim.py [--words 100000] [--dim 100] [--queries 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _time_each(fn, items) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for item in items:
+        t = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    from gensim.models import KeyedVectors
+
+    from model import Vectors
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--words", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--topn", type=int, default=10)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(args.words)]
+    matrix = rng.normal(size=(args.words, args.dim)).astype(np.float32)
+    ours = Vectors(words, matrix)
+    ref = KeyedVectors(args.dim)
+    ref.add_vectors(words, matrix)
+    queries = [words[i] for i in rng.integers(0, args.words, size=args.queries)]
+
+    # Build both norm caches and warm BLAS before timing.
+    ours.most_similar(queries[0], topn=args.topn)
+    ref.most_similar(queries[0], topn=args.topn)
+
+    ours_lat = _time_each(lambda w: ours.most_similar(w, topn=args.topn), queries)
+    ref_lat = _time_each(lambda w: ref.most_similar(w, topn=args.topn), queries)
+    batches = [queries[i : i + args.batch] for i in range(0, len(queries) - args.batch + 1, args.batch)]
+    batch_lat = _time_each(lambda b: ours.most_similar_batch(b, topn=args.topn), batches)
+
+    def stats(lat: list[float], per: int = 1) -> dict[str, float]:
+        ms = sorted(x * 1000 for x in lat)
+        return {
+            "p50_ms": statistics.median(ms),
+            "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+            "queries_per_sec": per * len(lat) / sum(lat),
+        }
+
+    result = {
+        "ours_single": stats(ours_lat),
+        "gensim_single": stats(ref_lat),
+        f"ours_batch{args.batch}": stats(batch_lat, args.batch),
+    }
+    single_ratio = result["ours_single"]["queries_per_sec"] / result["gensim_single"]["queries_per_sec"]
+    batch_ratio = result[f"ours_batch{args.batch}"]["queries_per_sec"] / result["ours_single"]["queries_per_sec"]
+    print(f"store {args.words:,} x {args.dim}, top-{args.topn}, {args.queries} random query words")
+    print(f"{'mode':<16}{'queries/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, s in result.items():
+        print(f"{name:<16}{s['queries_per_sec']:>12,.0f}{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}")
+    print(f"single query, ours vs gensim: x{single_ratio:.2f}; batch of {args.batch} vs our single: x{batch_ratio:.1f}")
+    print(json.dumps({
+        "benchmark": "query_vs_gensim", "words": args.words, "dim": args.dim, "topn": args.topn,
+        "results": result, "single_speed_ratio_vs_gensim": single_ratio, "batch_vs_single_ratio": batch_ratio,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""`w2v`: train, evaluate, query, import and export models from the command line.
+
+Every handler returns an exit code; bad input ends in one `w2v: error: ...` line on
+stderr and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from model.config import Progress, TrainConfig
+from model.errors import W2VError
+from model.vectors import Vectors
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user mistake detected by the CLI itself (for example a missing file)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+class ProgressBar:
+    """One self-rewriting stderr line: percentage, epoch, words/s, loss and ETA."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.interactive = self.stream.isatty()
+        self.last_line = ""
+
+    def __call__(self, p: Progress) -> None:
+        frac = p.words_done / p.words_total if p.words_total else 1.0
+        filled = int(frac * self.width)
+        eta = f"{p.eta_s:5.0f}s" if p.eta_s is not None else "   ?s"
+        loss = f"{p.loss:.4f}" if p.loss is not None else "-"
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {frac * 100:5.1f}% epoch {p.epoch}/{p.epochs} "
+            f"{p.words_per_sec / 1e3:8.0f}k words/s loss {loss} lr {p.alpha:.5f} eta {eta}"
+        )
+        if self.interactive:
+            self.stream.write("\r" + line)
+        elif line != self.last_line:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.last_line = line
+
+    def close(self) -> None:
+        if self.interactive and self.last_line:
+            self.stream.write("\n")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.store import save_model
+    from model.trainer import train
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CLIError(f"--out {out} already exists; pass --force to replace it")
+    cfg = TrainConfig(
+        vector_size=args.vector_size, window=args.window, negative=args.negative, ns_exponent=args.ns_exponent,
+        min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
+        alpha=args.alpha, min_alpha=args.min_alpha, batch_words=args.batch_size, threads=args.threads,
+        device=args.device, engine=args.engine, seed=args.seed, lowercase=args.lowercase,
+        checkpoint_every=args.checkpoint_every,
+    ).validate()
+    bar = None if args.quiet else ProgressBar()
+    start = time.perf_counter()
+    try:
+        model = train(args.corpus, cfg, progress=bar, checkpoint_dir=args.checkpoint_dir)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.analogies or args.pairs:
+        model.meta["evaluation"] = _evaluate(model.vectors, args.analogies, args.pairs or [])
+    save_model(out, model, overwrite=args.force)
+    t = model.meta["training"]
+    print(
+        f"saved {out}: {len(model.vectors)} words x {cfg.vector_size} dims, "
+        f"{t['words_per_sec']:.0f} words/s, final loss {t['final_loss']:.4f}, "
+        f"{time.perf_counter() - start:.1f}s"
+    )
+    return 0
+
+
+def _evaluate(vectors: Vectors, analogies: str | None, pairs: Sequence[str]) -> dict[str, Any]:
+    from model.evaluation import evaluate_analogies, evaluate_word_pairs
+
+    result: dict[str, Any] = {}
+    if analogies:
+        a = evaluate_analogies(vectors, analogies)
+        result["analogies"] = {"file": Path(analogies).name, **a.to_dict()}
+    for path in pairs:
+        result.setdefault("pairs", []).append({"file": Path(path).name, **evaluate_word_pairs(vectors, path).to_dict()})
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.store import load_model
+
+    if not args.analogies and not args.pairs:
+        raise CLIError("give --analogies FILE and/or --pairs FILE")
+    model = load_model(args.model)
+    result = _evaluate(model.vectors, args.analogies, args.pairs or [])
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if "analogies" in result:
+        a = result["analogies"]
+        print(f"analogies {a['file']}: accuracy {a['accuracy'] * 100:.2f}% ({a['correct']}/{a['total']}, "
+              f"{a['skipped']} skipped)")
+    for p in result.get("pairs", []):
+        print(f"pairs {p['file']}: spearman {p['spearman']:.4f} pearson {p['pearson']:.4f} "
+              f"({p['pairs']} pairs, {p['oov_ratio']:.1f}% oov)")
+    return 0
+
+
+def _print_results(results: Sequence[tuple[str, float]]) -> None:
+    for word, score in results:
+        print(f"{score:.4f}\t{word}")
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from model.store import load_model
+
+    model = load_model(args.model)
+    _print_results(model.vectors.most_similar(args.words, negative=args.negative or (), topn=args.topn))
+    return 0
+
+
+def cmd_analogy(args: argparse.Namespace) -> int:
+    from model.store import load_model
+
+    model = load_model(args.model)
+    _print_results(model.vectors.analogy(args.a, args.b, args.c, topn=args.topn, method=args.method))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.formats import save_word2vec_format
+    from model.store import load_model
+
+    model = load_model(args.model)
+    save_word2vec_format(model.vectors, args.out, binary=args.format == "word2vec-binary")
+    print(f"wrote {args.out}: {len(model.vectors)} words ({args.format})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from model.formats import load_word2vec_format
+    from model.store import Model, save_model
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CLIError(f"--out {out} already exists; pass --force to replace it")
+    binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[args.format]
+    vectors = load_word2vec_format(args.file, binary=binary)
+    save_model(out, Model(vectors, {"imported_from": Path(args.file).name}), overwrite=args.force)
+    print(f"saved {out}: {len(vectors)} words x {vectors.vector_size} dims")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a model on a text corpus (one sentence per line)")
+    p.add_argument("corpus", help="text file, optionally .gz or .bz2")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--vector-size", type=int, default=d.vector_size)
+    p.add_argument("--window", type=int, default=d.window)
+    p.add_argument("--negative", type=int, default=d.negative)
+    p.add_argument("--ns-exponent", type=float, default=d.ns_exponent)
+    p.add_argument("--min-count", type=int, default=d.min_count)
+    p.add_argument("--max-vocab", type=_positive_int, default=None)
+    p.add_argument("--sample", type=float, default=d.sample)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--min-alpha", type=float, default=d.min_alpha)
+    p.add_argument("--batch-size", type=int, default=None, help="words per unit of work (engine default)")
+    p.add_argument("--threads", type=int, default=d.threads, help="0: one per core")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device)
+    p.add_argument("--engine", choices=["auto", "hogwild", "minibatch"], default=d.engine)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--checkpoint-dir", default=None, help="write per-epoch checkpoints here and resume from them")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="epochs between checkpoints")
+    p.add_argument("--analogies", help="evaluate on this analogy file after training")
+    p.add_argument("--pairs", action="append", help="evaluate on this word-pair file after training (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on analogy and word-pair files")
+    p.add_argument("model")
+    p.add_argument("--analogies")
+    p.add_argument("--pairs", action="append")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("similar", help="nearest words to the sum of WORDs minus --negative words")
+    p.add_argument("model")
+    p.add_argument("words", nargs="+")
+    p.add_argument("--negative", nargs="+", default=[])
+    p.add_argument("--topn", type=_positive_int, default=10)
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("analogy", help="A is to B as C is to ?")
+    p.add_argument("model")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("c")
+    p.add_argument("--topn", type=_positive_int, default=10)
+    p.add_argument("--method", choices=["add", "mul"], default="add")
+    p.set_defaults(func=cmd_analogy)
+
+    p = sub.add_parser("export", help="write a model in word2vec text or binary format")
+    p.add_argument("model")
+    p.add_argument("--format", choices=["word2vec-text", "word2vec-binary"], default="word2vec-binary")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn a word2vec text or binary file into a model directory")
+    p.add_argument("file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["auto", "word2vec-text", "word2vec-binary"], default="auto")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="w2v", description="word2vec CBOW embeddings: train, query, serve")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse and dispatch; shared with the service's `w2v` which adds serve/worker commands."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (W2VError, CLIError, FileExistsError) as exc:
+        print(f"w2v: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"w2v: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("w2v: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

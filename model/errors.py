@@ -1,0 +1,44 @@
+"""Errors raised by the library; each message says what the caller should fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class W2VError(Exception):
+    """Base class: every error the library raises on bad input derives from it."""
+
+
+class CorpusError(W2VError):
+    """The corpus is missing, unreadable or empty."""
+
+
+class EmptyVocabularyError(W2VError):
+    """No word survives `min_count`, so there is nothing to train."""
+
+
+class ParameterError(W2VError, ValueError):
+    """A hyperparameter or argument is out of its allowed range."""
+
+
+class ModelFormatError(W2VError):
+    """A model directory or word2vec file is malformed, truncated or fails its checksum."""
+
+
+class DeviceError(W2VError):
+    """The requested compute device is not available."""
+
+
+class TrainingCancelled(W2VError):
+    """Training stopped because the caller asked it to."""
+
+
+class UnknownWordError(W2VError, KeyError):
+    """One or more query words are not in the vocabulary."""
+
+    def __init__(self, words: Iterable[str]):
+        self.words = list(dict.fromkeys(words))
+        super().__init__(f"not in vocabulary: {', '.join(repr(w) for w in self.words)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0])

@@ -1,0 +1,321 @@
+"""The original word2vec (Mikolov) text and binary formats, as read and written by gensim.
+
+Both formats start with a "<word count> <dimensions>" line. Text records are
+"word v1 ... vd"; binary records are "word " followed by d little-endian float32 values and,
+as the C tool writes them, a newline (gensim omits it; both variants are read).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import itertools
+import lzma
+import os
+import re
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TypeAlias, cast
+
+import numpy as np
+
+from model.atomic import atomic_file
+from model.errors import ModelFormatError
+from model.vectors import Vectors
+
+__all__ = ["load_word2vec_format", "save_word2vec_format"]
+
+PathLike: TypeAlias = str | os.PathLike[str]
+
+# Bytes that would split a word in either format (the C tool and gensim split on these).
+_WORD_BREAK = re.compile(r"[ \t\n\r\x0b\x0c]")
+# Rows converted per write/parse step: large enough to amortise Python overhead, small enough
+# that a multi-gigabyte store is never materialised as one string.
+_ROWS_PER_CHUNK = 4096
+_READ_CHUNK = 1 << 20
+_MAX_HEADER = 1024
+# A binary word longer than this means we are not looking at a word2vec file.
+_MAX_WORD_BYTES = 1 << 16
+# %.9g is the shortest fixed precision that round-trips every float32 exactly.
+_FLOAT_FORMAT = "%.9g"
+
+_COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def save_word2vec_format(vectors: Vectors, path: PathLike, *, binary: bool = False) -> None:
+    """Write `vectors` so that gensim's `KeyedVectors.load_word2vec_format` reads them back.
+
+    The file is replaced atomically (temp file, fsync, rename, fsync of the directory), so a
+    crash never leaves a half-written model where a reader might pick it up. A ".gz", ".bz2"
+    or ".xz" suffix compresses the output, as gensim does.
+    """
+    path = Path(path)
+    bad = [w for w in vectors.words if not w or _WORD_BREAK.search(w)]
+    if bad:
+        shown = ", ".join(repr(w) for w in bad[:5])
+        raise ModelFormatError(
+            f"{len(bad)} word(s) are empty or contain whitespace and cannot be stored in "
+            f"word2vec format: {shown}{', ...' if len(bad) > 5 else ''}"
+        )
+    writer = _write_binary if binary else _write_text
+    kind = _COMPRESSED_SUFFIXES.get(path.suffix.lower())
+    with atomic_file(path, "wb") as raw:
+        if kind is None:
+            writer(vectors, raw)
+        else:
+            with _compressor(raw, kind, path.name) as packed:
+                writer(vectors, packed)
+
+
+def _write_text(vectors: Vectors, out: IO[bytes]) -> None:
+    n, d = len(vectors), vectors.vector_size
+    out.write(f"{n} {d}\n".encode())
+    row_format = " ".join([_FLOAT_FORMAT] * d)
+    for start in range(0, n, _ROWS_PER_CHUNK):
+        rows = vectors.vectors[start : start + _ROWS_PER_CHUNK].tolist()
+        words = vectors.words[start : start + _ROWS_PER_CHUNK]
+        lines = [f"{w} {row_format % tuple(row)}\n" for w, row in zip(words, rows, strict=True)]
+        out.write("".join(lines).encode("utf-8"))
+
+
+def _write_binary(vectors: Vectors, out: IO[bytes]) -> None:
+    n, d = len(vectors), vectors.vector_size
+    out.write(f"{n} {d}\n".encode())
+    record = 4 * d
+    for start in range(0, n, _ROWS_PER_CHUNK):
+        data = np.ascontiguousarray(vectors.vectors[start : start + _ROWS_PER_CHUNK], dtype="<f4").tobytes()
+        words = vectors.words[start : start + _ROWS_PER_CHUNK]
+        parts: list[bytes] = []
+        for i, w in enumerate(words):
+            parts += (w.encode("utf-8"), b" ", data[i * record : (i + 1) * record], b"\n")
+        out.write(b"".join(parts))
+
+
+def _compressor(raw: IO[bytes], kind: str, name: str) -> IO[bytes]:
+    # The wrappers do not close `raw`, so it can still be fsynced after they flush their trailer.
+    if kind == "gzip":
+        return cast(IO[bytes], gzip.GzipFile(filename=name, mode="wb", fileobj=raw, mtime=0))
+    if kind == "bz2":
+        return cast(IO[bytes], bz2.BZ2File(raw, "wb"))
+    return cast(IO[bytes], lzma.LZMAFile(raw, "wb"))
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class _RecordError(Exception):
+    """A record failed to parse; converted to ModelFormatError with file context."""
+
+
+def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vectors:
+    """Read a word2vec text or binary file (optionally gzip/bz2/xz compressed).
+
+    With `binary=None` the format is detected from the first record: it is text if it decodes
+    as a word followed by exactly the declared number of numbers. Pass `binary` explicitly
+    when it is known; detection is a heuristic, although a binary file passes as text only
+    with vanishing probability. Any malformation raises `ModelFormatError` naming the line
+    (text) or record and byte offset (binary).
+    """
+    path = Path(path)
+    kind = _sniff_compression(path)
+    size = None if kind else path.stat().st_size
+    with _open_for_reading(path, kind) as stream:
+        try:
+            return _read(stream, path, binary, size)
+        except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+            raise ModelFormatError(f"{path}: corrupt or truncated compressed data ({exc})") from exc
+        except OSError as exc:
+            if kind is None:
+                raise
+            raise ModelFormatError(f"{path}: corrupt {kind} data ({exc})") from exc
+
+
+def _open_for_reading(path: Path, kind: str | None) -> IO[bytes]:
+    if kind == "gzip":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    if kind == "bz2":
+        return cast(IO[bytes], bz2.open(path, "rb"))
+    if kind == "xz":
+        return cast(IO[bytes], lzma.open(path, "rb"))
+    return open(path, "rb", buffering=_READ_CHUNK)
+
+
+def _sniff_compression(path: Path) -> str | None:
+    """Detect compression from magic bytes, so a misnamed file still loads."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    for prefix, kind in _MAGIC:
+        if magic.startswith(prefix):
+            return kind
+    return None
+
+
+def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) -> Vectors:
+    header = stream.readline(_MAX_HEADER)
+    n, d = _parse_header(header, path)
+    if size is not None:
+        # Cheapest possible record: 1-byte word, d single-digit values, separators. Checking
+        # this first turns a corrupted header into a clear error instead of a huge allocation.
+        needed = len(header) + n * (2 * d + 1) - 1
+        if n and size < needed:
+            raise ModelFormatError(
+                f"{path}: header declares {n} words x {d} dimensions, which needs at least "
+                f"{needed} bytes, but the file has {size} bytes (truncated or wrong header?)"
+            )
+    try:
+        out = np.empty((n, d), dtype=np.float32)
+    except (MemoryError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: header declares {n} words x {d} dimensions, too large") from exc
+
+    # Bounded, because in a binary file the first "line" may run for megabytes.
+    first = stream.readline(_MAX_WORD_BYTES + 32 * d) if n else b""
+    detection_note = ""
+    if binary is None and not first:
+        binary = False  # nothing to inspect; the text reader reports the truncation clearly
+    elif binary is None:
+        try:
+            _parse_text_record(first, d, 2)
+            binary = False
+        except _RecordError as exc:
+            binary = True
+            detection_note = (
+                f" (read as binary because line 2 is not a valid text record: {exc}; "
+                f"pass binary=False/True to force a format)"
+            )
+    if not binary and first and not first.endswith(b"\n"):
+        first += stream.readline()  # an unusually long text line was cut by the bound above
+    try:
+        words = _read_binary(first, stream, out, len(header)) if binary else _read_text(first, stream, out)
+    except _RecordError as exc:
+        raise ModelFormatError(f"{path}: {exc}{detection_note}") from None
+    return Vectors(words, out)
+
+
+def _parse_header(header: bytes, path: Path) -> tuple[int, int]:
+    fields = header.split()
+    try:
+        if len(fields) != 2:
+            raise ValueError
+        n, d = int(fields[0]), int(fields[1])
+    except ValueError:
+        raise ModelFormatError(
+            f"{path}: line 1: expected a '<word count> <dimensions>' header, got {header[:80]!r}"
+        ) from None
+    if n < 0 or d < 1:
+        raise ModelFormatError(f"{path}: line 1: invalid header sizes {n} words x {d} dimensions")
+    return n, d
+
+
+def _decode_word(raw: bytes, where: str) -> str:
+    try:
+        word = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Same strictness as gensim's default unicode_errors='strict', with a usable message.
+        raise _RecordError(
+            f"{where}: word {raw[:40]!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    if not word:
+        raise _RecordError(f"{where}: empty word")
+    return word
+
+
+def _parse_text_record(line: bytes, d: int, line_no: int) -> tuple[str, np.ndarray]:
+    # rstrip drops "\r\n" and the trailing space the C tool writes after the last value.
+    word_raw, _, rest = line.rstrip().partition(b" ")
+    where = f"line {line_no}"
+    word = _decode_word(word_raw, where)
+    tokens = rest.split()
+    if len(tokens) != d:
+        raise _RecordError(f"{where}: expected {d} values after word {word!r}, found {len(tokens)}")
+    try:
+        values = np.array(tokens, dtype=np.float32)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_float(t))
+        raise _RecordError(f"{where}: non-numeric value {bad[:40]!r} for word {word!r}") from None
+    return word, values
+
+
+def _is_float(token: bytes) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_text(first: bytes, stream: IO[bytes], out: np.ndarray) -> list[str]:
+    n, d = out.shape
+    words: list[str] = []
+    seen: dict[str, int] = {}
+    lines: Iterator[bytes] = itertools.chain([first] if first else [], stream)
+    line_no = 1
+    for line_no, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue  # blank lines carry nothing; trailing ones are common
+        i = len(words)
+        if i >= n:
+            raise _RecordError(f"line {line_no}: more records than the {n} declared in the header")
+        word, values = _parse_text_record(line, d, line_no)
+        if word in seen:
+            raise _RecordError(f"line {line_no}: duplicate word {word!r} (first on line {seen[word]})")
+        seen[word] = line_no
+        out[i] = values
+        words.append(word)
+    if len(words) < n:
+        raise _RecordError(
+            f"file ends at line {line_no} after {len(words)} of the {n} records declared in the header (truncated?)"
+        )
+    return words
+
+
+def _read_binary(first: bytes, stream: IO[bytes], out: np.ndarray, header_len: int) -> list[str]:
+    n, d = out.shape
+    record = 4 * d
+    words: list[str] = []
+    seen: dict[str, int] = {}
+    buf = first
+    base = header_len  # file offset of buf[0], for error messages
+    pos = 0
+    while len(words) < n:
+        # The C tool writes "\n" after each vector and gensim does not; skip it if present.
+        while pos < len(buf) and buf[pos] == 0x0A:
+            pos += 1
+        space = buf.find(b" ", pos, pos + _MAX_WORD_BYTES + 1)
+        if space == -1 or len(buf) - (space + 1) < record:
+            if space == -1 and len(buf) - pos > _MAX_WORD_BYTES:
+                raise _RecordError(
+                    f"record {len(words) + 1} at byte {base + pos}: no space-terminated word "
+                    f"within {_MAX_WORD_BYTES} bytes; not a word2vec binary file?"
+                )
+            more = stream.read(max(_READ_CHUNK, record + 64))
+            if not more:
+                raise _RecordError(
+                    f"file ends at byte {base + len(buf)} inside record {len(words) + 1} of the {n} "
+                    f"declared in the header (truncated?)"
+                )
+            base += pos
+            buf = buf[pos:] + more
+            pos = 0
+            continue
+        where = f"record {len(words) + 1} at byte {base + pos}"
+        word = _decode_word(buf[pos:space], where)
+        if word in seen:
+            raise _RecordError(f"{where}: duplicate word {word!r} (first in record {seen[word]})")
+        seen[word] = len(words) + 1
+        out[len(words)] = np.frombuffer(buf, dtype="<f4", count=d, offset=space + 1)
+        words.append(word)
+        pos = space + 1 + record
+    trailing_at = base + pos
+    rest = buf[pos:]
+    while True:
+        if rest.strip():
+            raise _RecordError(f"unexpected data after the {n} records declared in the header, near byte {trailing_at}")
+        trailing_at += len(rest)
+        rest = stream.read(_READ_CHUNK)
+        if not rest:
+            return words

@@ -1,0 +1,115 @@
+"""The model directory format: float32 `vectors.npy`, `vocab.tsv` (word, count), `meta.json`.
+
+`meta.json` carries a SHA-256 of each data file so a torn or tampered model is refused at
+load time instead of answering queries with garbage. Directories are written to a staging
+name and renamed into place, so readers never see a half-written model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.atomic import publish_dir, staging_dir
+from model.errors import ModelFormatError
+from model.vectors import Vectors
+
+FORMAT_VERSION = 1
+VECTORS_FILE = "vectors.npy"
+VOCAB_FILE = "vocab.tsv"
+META_FILE = "meta.json"
+
+
+@dataclass
+class Model:
+    vectors: Vectors
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        save_model(path, self, overwrite=overwrite)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(path: str | Path, model: Model, *, overwrite: bool = False) -> None:
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; choose another path or allow overwrite")
+    stage = staging_dir(target)
+    try:
+        vectors = np.ascontiguousarray(model.vectors.vectors, dtype=np.float32)
+        np.save(stage / VECTORS_FILE, vectors, allow_pickle=False)
+        counts = model.vectors.counts
+        with (stage / VOCAB_FILE).open("w", encoding="utf-8", newline="\n") as fh:
+            for i, word in enumerate(model.vectors.words):
+                fh.write(f"{word}\t{int(counts[i]) if counts is not None else 0}\n")
+        meta = dict(model.meta)
+        meta.update(
+            format_version=FORMAT_VERSION,
+            vocab_size=len(model.vectors.words),
+            vector_size=int(vectors.shape[1]),
+            files={name: _sha256(stage / name) for name in (VECTORS_FILE, VOCAB_FILE)},
+        )
+        (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        publish_dir(stage, target, overwrite=overwrite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(stage)
+        raise
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    meta_path = Path(path) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelFormatError(f"{path} is not a model directory (no {META_FILE})") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{meta_path} is unreadable: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(f"{meta_path}: unsupported or missing format_version")
+    return meta
+
+
+def load_model(path: str | Path, *, mmap: bool = True, verify: bool = True) -> Model:
+    root = Path(path)
+    meta = read_meta(root)
+    files = meta.get("files", {})
+    if verify:
+        for name in (VECTORS_FILE, VOCAB_FILE):
+            expected = files.get(name)
+            if not (root / name).is_file():
+                raise ModelFormatError(f"{root}: {name} is missing")
+            if expected != _sha256(root / name):
+                raise ModelFormatError(f"{root}: {name} does not match its checksum in {META_FILE}")
+    try:
+        vectors = np.load(root / VECTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{root}: cannot read {VECTORS_FILE}: {exc}") from exc
+    words: list[str] = []
+    counts: list[int] = []
+    with (root / VOCAB_FILE).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            word, sep, count = line.rstrip("\n").rpartition("\t")
+            if not sep or not count.isdigit():
+                raise ModelFormatError(f"{root / VOCAB_FILE}:{lineno}: expected 'word<TAB>count'")
+            words.append(word)
+            counts.append(int(count))
+    if vectors.ndim != 2 or vectors.shape[0] != len(words) or vectors.dtype != np.float32:
+        raise ModelFormatError(
+            f"{root}: {VECTORS_FILE} has shape {vectors.shape} {vectors.dtype}, expected ({len(words)}, d) float32"
+        )
+    return Model(Vectors(words, vectors, np.asarray(counts, dtype=np.int64)), meta)

@@ -1,0 +1,517 @@
+"""Read-only word-vector queries with gensim `KeyedVectors` semantics.
+
+The numbers this module returns are meant to be interchangeable with gensim's, so that
+results from this service can be compared with published gensim baselines; where the code
+looks more elaborate than a plain cosine search, it is usually to reproduce gensim's exact
+arithmetic or tie handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from model.errors import ModelFormatError, ParameterError, UnknownWordError
+
+__all__ = ["Method", "Query", "Term", "Terms", "Vectors"]
+
+logger = logging.getLogger(__name__)
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+IntArray: TypeAlias = npt.NDArray[np.intp]
+
+#: One query term: a vocabulary word or a raw vector of length `vector_size`.
+Term: TypeAlias = str | np.ndarray
+#: One term, several terms, or nothing; a 2-D array counts as one raw vector per row (as in gensim).
+Terms: TypeAlias = Term | Sequence[Term] | None
+#: A batch query: positive terms alone, a `(positive, negative)` pair, or a mapping with those keys.
+Query: TypeAlias = Terms | tuple[Terms, Terms] | Mapping[str, Terms]
+#: "add" is 3CosAdd (`most_similar`), "mul" is 3CosMul (`most_similar_cosmul`).
+Method: TypeAlias = Literal["add", "mul"]
+
+# Bounds on temporaries, so a query over millions of words never allocates more than this.
+_SCORE_CHUNK_BYTES = 64 * 2**20
+_NORM_CHUNK_ROWS = 16384
+# Block size of the two-level top-k search: small enough that the k best blocks are cheap to
+# partition, large enough that the block-max pass runs at memory speed.
+_TOPK_BLOCK = 128
+# gensim's 3CosMul denominator guard (Levy & Goldberg use the same epsilon).
+_COSMUL_EPS = 1e-6
+# Extra candidates taken into the exact rescoring, so that it rarely needs more.
+_RESCORE_MARGIN = 8
+_EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff
+# Relative allowance for float32 rounding in 3CosMul's products and quotient.
+_COSMUL_REL_SLACK = 1e-4
+
+
+def _unit_rows(block: np.ndarray) -> FloatArray:
+    """Unit-normalise rows the way gensim's `matutils.unitvec` does (float64 norm and scale).
+
+    Doing the arithmetic in float64 and rounding once makes `similarity` bit-identical to
+    gensim's, which is what lets word-pair correlations agree with gensim to ~1e-12.
+    """
+    x = np.asarray(block, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    # Zero rows stay zero (gensim's unitvec returns them unchanged) instead of becoming NaN.
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    x *= scale[:, None]
+    return x.astype(np.float32)
+
+
+def _unit_vector(vec: np.ndarray) -> FloatArray:
+    return _unit_rows(vec.reshape(1, -1))[0]
+
+
+def _as_terms(terms: Terms) -> list[Term]:
+    """Accept a single word or vector wherever a list is expected, as gensim does."""
+    if terms is None:
+        return []
+    if isinstance(terms, str):
+        return [terms]
+    if isinstance(terms, np.ndarray):
+        if terms.ndim == 1:
+            return [terms]
+        if terms.ndim == 2:
+            return list(terms)
+        raise ParameterError(f"a query vector must be 1-D (or 2-D for several), got {terms.ndim}-D")
+    return list(terms)
+
+
+def _split_query(query: Query) -> tuple[Terms, Terms]:
+    if isinstance(query, Mapping):
+        unexpected = set(query) - {"positive", "negative"}
+        if unexpected:
+            raise ParameterError(f"unexpected query keys: {sorted(unexpected)}; use 'positive'/'negative'")
+        return query.get("positive"), query.get("negative")
+    # A pair is (positive, negative) unless both items are single words or vectors, so
+    # ("king", "queen") stays two positive words while ("king", ["man"]) is a full query.
+    if (
+        isinstance(query, tuple | list)
+        and len(query) == 2
+        and not all(isinstance(item, str | np.ndarray) for item in query)
+    ):
+        return query[0], query[1]
+    return query, None  # type: ignore[return-value]
+
+
+@dataclass
+class _Parsed:
+    """A query resolved to vectors; `excluded` holds the rows of its own words."""
+
+    positive: list[FloatArray]
+    negative: list[FloatArray]
+    excluded: set[int]
+
+
+def _top_k(scores: FloatArray, k: int) -> IntArray:
+    """Columns of the best `k` scores of each row, in no particular order.
+
+    A full `argpartition` of every row dominates batch cost, so rows are first reduced to
+    block maxima: the k blocks with the largest maxima hold k values at least as large as the
+    k-th largest of the blocked part, so only those blocks (plus the short unblocked tail)
+    need partitioning. This reads the scores once at memory speed.
+    """
+    n_rows, n = scores.shape
+    k = min(k, n)
+    # Aim for at least 8k blocks so the chosen blocks are a small fraction of the row.
+    block = min(_TOPK_BLOCK, n // (8 * k))
+    if block < 8:
+        if k == n:
+            return np.broadcast_to(np.arange(n), (n_rows, n)).copy()
+        return np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    n_full = n // block
+    blocked = scores[:, : n_full * block].reshape(n_rows, n_full, block)
+    best = np.argpartition(blocked.max(axis=2), n_full - k, axis=1)[:, n_full - k :]
+    cand_scores = blocked[np.arange(n_rows)[:, None], best].reshape(n_rows, -1)
+    cand = (best[:, :, None] * block + np.arange(block)).reshape(n_rows, -1)
+    if n > n_full * block:
+        tail = np.arange(n_full * block, n)
+        cand_scores = np.concatenate([cand_scores, scores[:, n_full * block :]], axis=1)
+        cand = np.concatenate([cand, np.broadcast_to(tail, (n_rows, len(tail)))], axis=1)
+    m = cand.shape[1]
+    pick = np.argpartition(cand_scores, m - k, axis=1)[:, m - k :]
+    return np.take_along_axis(cand, pick, axis=1)
+
+
+class Vectors:
+    """Word vectors plus the similarity queries the service answers.
+
+    `vectors` may be a read-only memory map: it is never written to and never copied, except
+    for one lazily built unit-normalised float32 matrix that every cosine query reuses.
+    Words must be ordered most frequent first, because `restrict_vocab=N` means "the first N
+    rows" (gensim's convention).
+    """
+
+    def __init__(
+        self,
+        words: Sequence[str],
+        vectors: np.ndarray,
+        counts: np.ndarray | None = None,
+    ) -> None:
+        words = list(words)
+        if vectors.ndim != 2:
+            raise ModelFormatError(f"vectors must be a 2-D (words x dimensions) array, got {vectors.ndim}-D")
+        if vectors.shape[0] != len(words):
+            raise ModelFormatError(f"{len(words)} words but {vectors.shape[0]} vector rows")
+        if vectors.shape[1] < 1:
+            raise ModelFormatError("vectors must have at least one dimension")
+        if not np.issubdtype(vectors.dtype, np.floating):
+            raise ModelFormatError(f"vectors must be floating point, got {vectors.dtype}")
+        non_str = [w for w in words if not isinstance(w, str)]
+        if non_str:
+            raise ModelFormatError(f"words must be strings, got e.g. {non_str[0]!r}")
+        key_to_index = {w: i for i, w in enumerate(words)}
+        if len(key_to_index) != len(words):
+            seen: set[str] = set()
+            dupes = [w for w in words if w in seen or seen.add(w)]  # type: ignore[func-returns-value]
+            raise ModelFormatError(f"duplicate words: {', '.join(repr(w) for w in dict.fromkeys(dupes))}")
+        if counts is not None:
+            counts = np.asarray(counts)
+            if counts.shape != (len(words),):
+                raise ModelFormatError(f"counts must have shape ({len(words)},), got {counts.shape}")
+
+        self.words: list[str] = words
+        self.key_to_index: dict[str, int] = key_to_index
+        # float32 input (including a memmap) is kept as is; anything else is converted once.
+        self.vectors: np.ndarray = vectors if vectors.dtype == np.float32 else vectors.astype(np.float32)
+        self.counts: np.ndarray | None = counts
+        self._unit: FloatArray | None = None
+        self._unit_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ container protocol
+
+    @property
+    def vector_size(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.key_to_index
+
+    def __repr__(self) -> str:
+        return f"Vectors({len(self)} words x {self.vector_size} dimensions)"
+
+    def index(self, word: str) -> int:
+        try:
+            return self.key_to_index[word]
+        except KeyError:
+            raise UnknownWordError([word]) from None
+
+    def get_vector(self, word: str, norm: bool = False) -> FloatArray:
+        """The word's vector, read-only so callers cannot silently invalidate the unit cache."""
+        i = self.index(word)
+        vec = self.vectors[i]
+        if norm:
+            # Building the whole unit matrix for one word would be wasteful; both give equal bits.
+            vec = self._unit[i] if self._unit is not None else _unit_vector(vec)
+        view = vec.view()
+        view.flags.writeable = False
+        return view
+
+    def __getitem__(self, word: str) -> FloatArray:
+        return self.get_vector(word)
+
+    @property
+    def unit_vectors(self) -> FloatArray:
+        """All vectors scaled to unit length; built once, on first use, in bounded chunks."""
+        if self._unit is None:
+            with self._unit_lock:  # concurrent first queries must not each build a copy
+                if self._unit is None:
+                    unit = np.empty(self.vectors.shape, dtype=np.float32)
+                    for start in range(0, len(self), _NORM_CHUNK_ROWS):
+                        stop = start + _NORM_CHUNK_ROWS
+                        unit[start:stop] = _unit_rows(self.vectors[start:stop])
+                    unit.flags.writeable = False
+                    self._unit = unit
+        return self._unit
+
+    # ------------------------------------------------------------------ pairwise similarity
+
+    def similarity(self, w1: str, w2: str) -> float:
+        """Cosine similarity, computed exactly as gensim does (float64 norm, float32 dot)."""
+        return float(np.dot(self.get_vector(w1, norm=True), self.get_vector(w2, norm=True)))
+
+    def distance(self, w1: str, w2: str) -> float:
+        return 1.0 - self.similarity(w1, w2)
+
+    def n_similarity(self, ws1: Sequence[str], ws2: Sequence[str]) -> float:
+        """Cosine between the means of two word sets (raw, not unit, vectors, as gensim).
+
+        Unlike gensim, which silently drops unknown words, unknown words are an error: a
+        similarity computed from a different set than the caller asked about is misleading.
+        """
+        if not ws1 or not ws2:
+            raise ParameterError("n_similarity needs at least one word on each side")
+        self._check_known([*ws1, *ws2])
+        mean1 = np.mean([self.vectors[self.key_to_index[w]] for w in ws1], axis=0)
+        mean2 = np.mean([self.vectors[self.key_to_index[w]] for w in ws2], axis=0)
+        return float(np.dot(_unit_vector(mean1), _unit_vector(mean2)))
+
+    def doesnt_match(self, words: Sequence[str]) -> str:
+        """The word furthest from the mean of the others' unit vectors (gensim semantics).
+
+        As in gensim, unknown words are ignored (with a warning) so one rare word does not
+        spoil the question; only if none is known is that an error.
+        """
+        words = [words] if isinstance(words, str) else list(words)
+        if not words:
+            raise ParameterError("doesnt_match needs at least one word")
+        used = [w for w in words if w in self.key_to_index]
+        if not used:
+            raise UnknownWordError(words)
+        if len(used) != len(words):
+            logger.warning("doesnt_match ignores unknown words %s", sorted(set(words) - set(used)))
+        unit = np.vstack([self.get_vector(w, norm=True) for w in used])
+        mean = _unit_vector(unit.sum(axis=0, dtype=np.float32) / np.float32(len(used)))
+        dists = unit @ mean
+        # gensim sorts (distance, word) pairs and takes the last of the reversed order, i.e.
+        # the smallest distance, ties going to the smallest word.
+        return min(zip(dists.tolist(), used, strict=True))[1]
+
+    # ------------------------------------------------------------------ nearest neighbours
+
+    def most_similar(
+        self,
+        positive: Terms = None,
+        negative: Terms = (),
+        topn: int = 10,
+        restrict_vocab: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """Words closest to the normalised mean of the unit query vectors (3CosAdd).
+
+        Negative terms enter the mean with weight -1. Raw vectors are added unnormalised, and
+        the query's own words are never returned — both exactly as gensim.
+        """
+        return self._search([(positive, negative)], topn, restrict_vocab, "add")[0]
+
+    def most_similar_cosmul(
+        self,
+        positive: Terms = None,
+        negative: Terms = (),
+        topn: int = 10,
+        restrict_vocab: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """3CosMul (Levy & Goldberg): product of positive over negative shifted cosines.
+
+        Unlike gensim, which ignores `restrict_vocab` here, the search honours it.
+        """
+        return self._search([(positive, negative)], topn, restrict_vocab, "mul")[0]
+
+    def most_similar_batch(
+        self,
+        queries: Sequence[Query],
+        topn: int = 10,
+        restrict_vocab: int | None = None,
+        *,
+        method: Method = "add",
+    ) -> list[list[tuple[str, float]]]:
+        """Answer many queries with one matrix product; same results as one call per query.
+
+        Each query is a word, a list of positive terms, a `(positive, negative)` pair or a
+        `{"positive": ..., "negative": ...}` mapping. All unknown words of the whole batch are
+        reported together in one `UnknownWordError`.
+        """
+        return self._search([_split_query(q) for q in queries], topn, restrict_vocab, method)
+
+    def analogy(
+        self,
+        a: str,
+        b: str,
+        c: str,
+        topn: int = 10,
+        method: Method = "add",
+        restrict_vocab: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """Answer "a is to b as c is to ?", i.e. the words most similar to b + c - a."""
+        return self._search([([b, c], [a])], topn, restrict_vocab, method)[0]
+
+    # ------------------------------------------------------------------ search internals
+
+    def _check_known(self, words: Sequence[str]) -> None:
+        unknown = [w for w in words if w not in self.key_to_index]
+        if unknown:
+            raise UnknownWordError(unknown)
+
+    def _parse(self, positive: Terms, negative: Terms, unit: FloatArray, unknown: list[str]) -> _Parsed:
+        """Resolve terms to vectors; unknown words are collected, not raised, so a batch can
+        report all of them at once."""
+        sides: list[list[FloatArray]] = [[], []]
+        excluded: set[int] = set()
+        for side, terms in zip(sides, (positive, negative), strict=True):
+            for term in _as_terms(terms):
+                if isinstance(term, str):
+                    i = self.key_to_index.get(term)
+                    if i is None:
+                        unknown.append(term)
+                        continue
+                    side.append(unit[i])
+                    excluded.add(i)
+                elif isinstance(term, np.ndarray):
+                    if term.shape != (self.vector_size,):
+                        raise ParameterError(f"query vector has shape {term.shape}, expected ({self.vector_size},)")
+                    side.append(term.astype(np.float32, copy=False))
+                else:
+                    raise ParameterError(f"query terms must be words or vectors, got {type(term).__name__}")
+        return _Parsed(sides[0], sides[1], excluded)
+
+    def _mean_directions(self, queries: list[_Parsed]) -> FloatArray:
+        """gensim's `get_mean_vector(..., pre_normalize=True, post_normalize=True)` per query:
+        accumulate in float32 in term order, then unit-normalise. (gensim also divides by the
+        term count first, which the normalisation cancels.)"""
+        acc = np.zeros((len(queries), self.vector_size), dtype=np.float32)
+        for row, query in zip(acc, queries, strict=True):
+            for vec in query.positive:
+                row += vec
+            for vec in query.negative:
+                row -= vec
+        return _unit_rows(acc)
+
+    def _search(
+        self,
+        raw_queries: Sequence[tuple[Terms, Terms]],
+        topn: int,
+        restrict_vocab: int | None,
+        method: Method,
+    ) -> list[list[tuple[str, float]]]:
+        if isinstance(topn, bool) or not isinstance(topn, int | np.integer) or topn < 1:
+            raise ParameterError(f"topn must be a positive integer, got {topn!r}")
+        if restrict_vocab is not None and restrict_vocab < 1:
+            raise ParameterError(f"restrict_vocab must be at least 1, got {restrict_vocab}")
+        if method not in ("add", "mul"):
+            raise ParameterError(f"method must be 'add' or 'mul', got {method!r}")
+        unknown: list[str] = []
+        unit = self.unit_vectors
+        parsed = [self._parse(pos, neg, unit, unknown) for pos, neg in raw_queries]
+        if unknown:
+            raise UnknownWordError(unknown)
+        for query in parsed:
+            if not query.positive and (method == "mul" or not query.negative):
+                raise ParameterError(
+                    "a query needs at least one positive term"
+                    if method == "mul"
+                    else "a query needs at least one word or vector"
+                )
+        n = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
+        results: list[list[tuple[str, float]]] = []
+        if n == 0 or not parsed:
+            return [[] for _ in parsed]
+        candidates = unit[:n]
+        terms_per_query = 1 if method == "add" else max(len(q.positive) + len(q.negative) for q in parsed)
+        chunk = max(1, _SCORE_CHUNK_BYTES // (4 * n * terms_per_query))
+        for start in range(0, len(parsed), chunk):
+            part = parsed[start : start + chunk]
+            if method == "add":
+                means = self._mean_directions(part)
+                shortlists = self._shortlist(self._add_scores(means, candidates), part, topn, method)
+                exact = self._add_exact(means, shortlists)
+            else:
+                shortlists = self._shortlist(self._mul_scores(part, candidates), part, topn, method)
+                exact = self._mul_exact(part, shortlists)
+            results.extend(self._rank(shortlists, exact, part, topn))
+        return results
+
+    @staticmethod
+    def _add_scores(means: FloatArray, candidates: FloatArray) -> FloatArray:
+        if len(means) == 1:
+            # A matrix-vector product is what a single query needs; gemm with one row is slower.
+            return (candidates @ means[0])[None, :]
+        return means @ candidates.T
+
+    @staticmethod
+    def _mul_scores(queries: list[_Parsed], candidates: FloatArray) -> FloatArray:
+        """gensim's 3CosMul in float32: prod((1 + cos) / 2 over positives) divided by
+        (prod over negatives + 1e-6), for all query terms in one matrix product."""
+        terms = np.vstack([v for q in queries for v in (*q.positive, *q.negative)])
+        shifted = terms @ candidates.T
+        shifted += 1.0
+        shifted *= 0.5
+        scores = np.empty((len(queries), candidates.shape[0]), dtype=np.float32)
+        row = 0
+        for out, query in zip(scores, queries, strict=True):
+            n_pos, n_neg = len(query.positive), len(query.negative)
+            np.prod(shifted[row : row + n_pos], axis=0, out=out)
+            if n_neg:
+                denom = np.prod(shifted[row + n_pos : row + n_pos + n_neg], axis=0)
+                denom += np.float32(_COSMUL_EPS)
+                out /= denom
+            # Without negatives gensim divides by prod([]) + 1e-6: a constant factor that cannot
+            # change the shortlist, and which the exact rescoring applies.
+            row += n_pos + n_neg
+        return scores
+
+    def _shortlist(self, scores: FloatArray, queries: list[_Parsed], topn: int, method: Method) -> list[IntArray]:
+        """Candidate rows per query, guaranteed to contain its exact top `topn`.
+
+        float32 matrix products round differently depending on the batch shape, so a near-tie
+        could rank differently in a batch than alone. Every candidate whose float32 score is
+        within twice the float32 error bound of the topn-th best is therefore rescored exactly
+        (float64); that makes batched and single results identical, even with duplicate rows.
+        """
+        n = scores.shape[1]
+        # Masking a query's own words (rather than asking for topn + len(words) and filtering,
+        # as gensim does) keeps the top-k cost independent of the query length.
+        rows = [row for row, query in enumerate(queries) for i in query.excluded if i < n]
+        cols = [i for query in queries for i in query.excluded if i < n]
+        scores[rows, cols] = -np.inf
+        k = min(topn + _RESCORE_MARGIN, n)
+        idx = _top_k(scores, k)
+        shortlists = list(idx)
+        if k == n:
+            return shortlists
+        ascending = np.sort(np.take_along_axis(scores, idx, axis=1), axis=1)
+        threshold = ascending[:, k - min(topn, k)]  # the topn-th best float32 score
+        # |float32 dot - exact dot| <= gamma_d for unit vectors (Higham's bound, any summation
+        # order); 3CosMul's products and quotient get a relative allowance on top.
+        gamma = self.vector_size * _EPS32 / (1 - self.vector_size * _EPS32)
+        slack = 2 * gamma + (np.abs(threshold) * _COSMUL_REL_SLACK if method == "mul" else 0.0)
+        floor = threshold - slack
+        for row in np.flatnonzero(ascending[:, 0] >= floor):
+            # Rare: the band reaches past the shortlist (near-duplicate vectors, or a topn close
+            # to the vocabulary size), so take every candidate in it.
+            shortlists[row] = np.flatnonzero(scores[row] >= floor[row])
+        return shortlists
+
+    def _add_exact(self, means: FloatArray, shortlists: list[IntArray]) -> list[np.ndarray]:
+        unit = self.unit_vectors
+        means64 = means.astype(np.float64)
+        width = len(shortlists[0])
+        if all(len(c) == width for c in shortlists):
+            rows = unit[np.stack(shortlists)].astype(np.float64)  # (queries, shortlist, d)
+            return list(np.einsum("qkd,qd->qk", rows, means64))
+        return [unit[c].astype(np.float64) @ m for c, m in zip(shortlists, means64, strict=True)]
+
+    def _mul_exact(self, queries: list[_Parsed], shortlists: list[IntArray]) -> list[np.ndarray]:
+        out = []
+        for query, cand in zip(queries, shortlists, strict=True):
+            rows = self.unit_vectors[cand].astype(np.float64)
+            pos = np.prod((1.0 + rows @ np.asarray(query.positive, np.float64).T) / 2.0, axis=1)
+            if query.negative:
+                neg = np.prod((1.0 + rows @ np.asarray(query.negative, np.float64).T) / 2.0, axis=1)
+            else:
+                neg = np.ones(len(rows))  # gensim divides by prod([]) + 1e-6
+            out.append(pos / (neg + _COSMUL_EPS))
+        return out
+
+    def _rank(
+        self, shortlists: list[IntArray], exact: list[np.ndarray], queries: list[_Parsed], topn: int
+    ) -> list[list[tuple[str, float]]]:
+        words = self.words
+        out: list[list[tuple[str, float]]] = []
+        for query, cand, score in zip(queries, shortlists, exact, strict=True):
+            order = np.lexsort((cand, -score))  # best first, ties to the lower (more frequent) row
+            own = query.excluded
+            hits = [
+                (words[i], s)
+                for i, s in zip(cand[order].tolist(), score[order].tolist())  # noqa: B905
+                if i not in own
+            ]
+            out.append(hits[:topn])
+        return out

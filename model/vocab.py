@@ -1,0 +1,74 @@
+"""Vocabulary: which words are trained, their counts, and the corpus re-encoded to them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.corpus import EncodedCorpus
+from model.errors import EmptyVocabularyError
+
+
+@dataclass
+class Vocab:
+    words: list[str]  # most frequent first, so "the first N rows" is a frequency cut-off
+    counts: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update("\n".join(self.words).encode("utf-8"))
+        h.update(np.ascontiguousarray(self.counts, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+@dataclass
+class TrainingCorpus:
+    """In-vocabulary token ids grouped into sentences, ready for the trainer."""
+
+    tokens: np.ndarray  # int32 vocab ids, out-of-vocabulary words removed
+    offsets: np.ndarray  # int64, len n_sentences + 1: sentence i is tokens[offsets[i]:offsets[i+1]]
+    raw_offsets: np.ndarray  # int64, the same boundaries counted in raw corpus words (OOV included)
+
+    @property
+    def n_words(self) -> int:
+        return int(self.tokens.size)
+
+    @property
+    def n_raw_words(self) -> int:
+        return int(self.raw_offsets[-1])
+
+
+def build_vocab(encoded: EncodedCorpus, *, min_count: int, max_vocab: int | None) -> tuple[Vocab, np.ndarray]:
+    """Return the vocabulary and, per vocabulary word, its id in `encoded`."""
+    keep = np.flatnonzero(encoded.counts >= min_count)
+    # Stable sort keeps first-appearance order among equal counts, so the result is deterministic.
+    order = keep[np.argsort(-encoded.counts[keep], kind="stable")]
+    if max_vocab is not None:
+        order = order[:max_vocab]
+    if order.size == 0:
+        raise EmptyVocabularyError(
+            f"no word occurs at least min_count={min_count} times "
+            f"(the corpus has {len(encoded.words)} distinct words, the most frequent occurs "
+            f"{int(encoded.counts.max(initial=0))} times); lower min_count or use a larger corpus"
+        )
+    vocab = Vocab(words=[encoded.words[i] for i in order], counts=encoded.counts[order].copy())
+    return vocab, order
+
+
+def apply_vocab(encoded: EncodedCorpus, source_ids: np.ndarray) -> TrainingCorpus:
+    remap = np.full(len(encoded.words), -1, dtype=np.int32)
+    remap[source_ids] = np.arange(source_ids.size, dtype=np.int32)
+    ids = remap[encoded.tokens]
+    keep = ids >= 0
+    sentence_of = np.repeat(np.arange(encoded.lengths.size), encoded.lengths)
+    kept_lengths = np.bincount(sentence_of[keep], minlength=encoded.lengths.size)
+    offsets = np.zeros(encoded.lengths.size + 1, dtype=np.int64)
+    np.cumsum(kept_lengths, out=offsets[1:])
+    raw_offsets = np.zeros(encoded.lengths.size + 1, dtype=np.int64)
+    np.cumsum(encoded.lengths, out=raw_offsets[1:])
+    return TrainingCorpus(tokens=np.ascontiguousarray(ids[keep]), offsets=offsets, raw_offsets=raw_offsets)

@@ -1,0 +1,34 @@
+"""Shared fixtures: small real corpora shipped with gensim (a dev dependency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def gensim_data(name: str) -> Path:
+    from gensim.test.utils import datapath
+
+    return Path(datapath(name))
+
+
+@pytest.fixture(scope="session")
+def lee_path() -> Path:
+    return gensim_data("lee_background.cor")
+
+
+@pytest.fixture(scope="session")
+def lee_sentences(lee_path: Path) -> list[list[str]]:
+    from gensim.utils import simple_preprocess
+
+    with lee_path.open(encoding="utf-8") as fh:
+        return [simple_preprocess(line) for line in fh]
+
+
+@pytest.fixture(scope="session")
+def lee_text(tmp_path_factory: pytest.TempPathFactory, lee_sentences: list[list[str]]) -> Path:
+    """lee_background as a lower-cased, punctuation-free text file, one document per line."""
+    path = tmp_path_factory.mktemp("corpus") / "lee.txt"
+    path.write_text("".join(" ".join(s) + "\n" for s in lee_sentences), encoding="utf-8")
+    return path

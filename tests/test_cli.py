@@ -1,0 +1,147 @@
+"""The `w2v` command line: happy paths and one clear error line for every mistake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import load_model, load_word2vec_format
+from model.cli import main
+from tests.conftest import gensim_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, lee_text: Path) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    assert main(["train", str(lee_text), "--out", str(out), "--epochs", "3", "--quiet", "--threads", "1"]) == 0
+    return out
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("w2v: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_train_writes_a_loadable_model(trained: Path) -> None:
+    model = load_model(trained)
+    assert len(model.vectors) > 1000
+    assert model.meta["config"]["epochs"] == 3
+
+
+def test_train_shows_progress_and_evaluates(tmp_path: Path, lee_text: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m"
+    code = main([
+        "train", str(lee_text), "--out", str(out), "--epochs", "2", "--vector-size", "20",
+        "--analogies", str(gensim_data("questions-words.txt")), "--pairs", str(gensim_data("wordsim353.tsv")),
+    ])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "words/s" in captured.err and "epoch 2/2" in captured.err
+    assert f"saved {out}" in captured.out
+    evaluation = load_model(out).meta["evaluation"]
+    assert 0.0 <= evaluation["analogies"]["accuracy"] <= 1.0
+    assert evaluation["pairs"][0]["file"] == "wordsim353.tsv"
+
+
+def test_similar_and_analogy_print_scored_words(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["similar", str(trained), "government", "--topn", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5
+    expected = load_model(trained).vectors.most_similar("government", topn=5)
+    assert [line.split("\t")[1] for line in lines] == [w for w, _ in expected]
+    assert main(["analogy", str(trained), "man", "king", "woman", "--topn", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_eval_json(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(trained), "--pairs", str(gensim_data("simlex999.txt")), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"][0]["pairs"] > 0 and -1 <= result["pairs"][0]["spearman"] <= 1
+
+
+@pytest.mark.parametrize("fmt", ["word2vec-text", "word2vec-binary"])
+def test_export_then_import_round_trip(trained: Path, tmp_path: Path, fmt: str) -> None:
+    exported = tmp_path / "vectors.w2v"
+    assert main(["export", str(trained), "--format", fmt, "--out", str(exported)]) == 0
+    assert len(load_word2vec_format(exported)) == len(load_model(trained).vectors)
+    assert main(["import", str(exported), "--out", str(tmp_path / "imported")]) == 0
+    imported = load_model(tmp_path / "imported").vectors
+    np.testing.assert_allclose(imported.vectors, load_model(trained).vectors.vectors, rtol=1e-6, atol=1e-7)
+
+
+def test_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "not found" in _error(capsys, ["train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "m")])
+
+
+def test_empty_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    assert "no words" in _error(capsys, ["train", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "m")])
+
+
+def test_empty_vocabulary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.txt").write_text("one two three\n")
+    line = _error(capsys, ["train", str(tmp_path / "c.txt"), "--out", str(tmp_path / "m")])
+    assert "min_count" in line
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "name"),
+    [("--epochs", "0", "epochs"), ("--window", "500", "window"), ("--alpha", "-1", "alpha"),
+     ("--sample", "2", "sample"), ("--vector-size", "0", "vector_size")],
+)
+def test_out_of_range_parameter(
+    lee_text: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, name: str
+) -> None:
+    line = _error(capsys, ["train", str(lee_text), "--out", str(tmp_path / "m"), flag, value])
+    assert name in line
+
+
+def test_existing_output_needs_force(trained: Path, lee_text: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--force" in _error(capsys, ["train", str(lee_text), "--out", str(trained)])
+
+
+def test_unknown_word(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _error(capsys, ["similar", str(trained), "government", "qqqzzz", "--negative", "xxyyzz"])
+    assert "qqqzzz" in line and "xxyyzz" in line
+
+
+def test_not_a_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "not a model directory" in _error(capsys, ["similar", str(tmp_path), "word"])
+
+
+def test_eval_needs_a_file(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--analogies" in _error(capsys, ["eval", str(trained)])
+
+
+def test_eval_missing_file(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _error(capsys, ["eval", str(trained), "--pairs", str(tmp_path / "missing.tsv")])
+
+
+def test_import_malformed_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("2 3\nword 1 2\n")
+    _error(capsys, ["import", str(bad), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("w2v")
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "model.cli"]
+    proc = subprocess.run(
+        [*argv, "train", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("w2v: error:") and "Traceback" not in proc.stderr

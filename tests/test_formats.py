@@ -1,0 +1,229 @@
+"""word2vec text/binary files must round-trip with ours and with gensim in both directions."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+from model.errors import ModelFormatError
+from model.formats import load_word2vec_format, save_word2vec_format
+from model.vectors import Vectors
+
+WORDS = ["the", "naïve", "日本語", "</s>", "C++", "a-b_c", "Ünïcödé", "x"]
+
+
+@pytest.fixture(scope="module")
+def vecs() -> Vectors:
+    rng = np.random.default_rng(7)
+    n, d = 300, 13
+    arr = rng.standard_normal((n, d)).astype(np.float32)
+    # Extreme magnitudes: a fixed 6-digit format would lose these.
+    arr[0, :4] = [1e-38, -3.4e38, 1.0000001, 123456.79]
+    arr[1] = 0.0
+    words = WORDS + [f"w{i}" for i in range(n - len(WORDS))]
+    return Vectors(words, arr)
+
+
+def gensim_kv(v: Vectors) -> KeyedVectors:
+    kv = KeyedVectors(v.vector_size)
+    kv.add_vectors(v.words, np.asarray(v.vectors))
+    return kv
+
+
+def assert_same(loaded: Vectors, expected: Vectors) -> None:
+    assert loaded.words == expected.words
+    assert loaded.vectors.dtype == np.float32
+    np.testing.assert_array_equal(loaded.vectors, expected.vectors)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("detect", [False, True])
+def test_round_trip_is_exact(vecs, tmp_path, binary, detect) -> None:
+    path = tmp_path / "v.w2v"
+    save_word2vec_format(vecs, path, binary=binary)
+    assert_same(load_word2vec_format(path, binary=None if detect else binary), vecs)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_gensim_reads_our_files(vecs, tmp_path, binary) -> None:
+    path = tmp_path / "ours.w2v"
+    save_word2vec_format(vecs, path, binary=binary)
+    kv = KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    assert kv.index_to_key == vecs.words
+    if binary:
+        np.testing.assert_array_equal(kv.vectors, vecs.vectors)
+    else:
+        np.testing.assert_allclose(kv.vectors, vecs.vectors, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_we_read_gensim_files(vecs, tmp_path, binary) -> None:
+    path = tmp_path / "gensim.w2v"
+    gensim_kv(vecs).save_word2vec_format(str(path), binary=binary)
+    for flag in (binary, None):
+        loaded = load_word2vec_format(path, binary=flag)
+        assert loaded.words == vecs.words
+        if binary:
+            np.testing.assert_array_equal(loaded.vectors, vecs.vectors)
+        else:
+            np.testing.assert_allclose(loaded.vectors, vecs.vectors, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_c_tool_layout_is_read(tmp_path, binary) -> None:
+    # word2vec.c ends binary records with "\n" and text lines with " \n"; CRLF files exist too.
+    arr = np.array([[0.5, -1.25], [3.0, 0.125]], dtype=np.float32)
+    if binary:
+        body = b"".join(
+            w + b" " + row.astype("<f4").tobytes() + b"\n" for w, row in zip([b"a", b"b"], arr, strict=True)
+        )
+        data = b"2 2\n" + body
+    else:
+        data = b"2 2\r\na 0.5 -1.25 \r\nb 3 0.125 \r\n"
+    path = tmp_path / "c.w2v"
+    path.write_bytes(data)
+    loaded = load_word2vec_format(path)
+    assert loaded.words == ["a", "b"]
+    np.testing.assert_array_equal(loaded.vectors, arr)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("suffix", [".gz", ".bz2"])
+def test_compressed_files(vecs, tmp_path, binary, suffix) -> None:
+    # gensim writes compressed output by suffix; we read it by content, and write it by suffix.
+    theirs = tmp_path / f"gensim.w2v{suffix}"
+    gensim_kv(vecs).save_word2vec_format(str(theirs), binary=binary)
+    loaded = load_word2vec_format(theirs)
+    assert loaded.words == vecs.words
+    np.testing.assert_allclose(loaded.vectors, vecs.vectors, rtol=1e-6, atol=1e-6)
+
+    ours = tmp_path / f"ours.w2v{suffix}"
+    save_word2vec_format(vecs, ours, binary=binary)
+    opener = gzip.open if suffix == ".gz" else bz2.open
+    with opener(ours, "rb") as f:
+        assert f.read(8) == b"300 13\nt"
+    kv = KeyedVectors.load_word2vec_format(str(ours), binary=binary)
+    assert kv.index_to_key == vecs.words
+
+
+def test_gzip_with_misleading_name_loads(vecs, tmp_path) -> None:
+    plain = tmp_path / "plain.txt"
+    save_word2vec_format(vecs, plain)
+    packed = tmp_path / "model.bin"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert_same(load_word2vec_format(packed), vecs)
+
+
+def test_empty_store_round_trips(tmp_path) -> None:
+    path = tmp_path / "empty.w2v"
+    save_word2vec_format(Vectors([], np.zeros((0, 4), dtype=np.float32)), path, binary=True)
+    loaded = load_word2vec_format(path)
+    assert len(loaded) == 0 and loaded.vector_size == 4
+
+
+def binary_record(word: bytes, values: list[float]) -> bytes:
+    return word + b" " + struct.pack(f"<{len(values)}f", *values) + b"\n"
+
+
+MALFORMED = [
+    pytest.param(b"", None, "line 1", id="empty-file"),
+    pytest.param(b"hello world\nx 1 2\n", None, "line 1", id="non-numeric-header"),
+    pytest.param(b"1 2 3\nx 1 2\n", None, "line 1", id="three-field-header"),
+    pytest.param(b"1 0\nx\n", None, "line 1", id="zero-dimensions"),
+    pytest.param(b"3 2\na 1 2\nb 3 4\n", False, "truncated", id="text-truncated-short-file"),
+    pytest.param(b"3 2\na 1 2\nb 3 4\n" + b" " * 64, False, "after 2 of the 3", id="text-truncated"),
+    pytest.param(b"2 2\na 1 2\nb 3\n", False, "line 3: expected 2 values", id="text-missing-column"),
+    pytest.param(b"2 2\na 1 2\nb 3 4 5\n", False, "line 3: expected 2 values", id="text-extra-column"),
+    pytest.param(b"2 2\na 1 2\nb 3 x4\n", False, "line 3: non-numeric value b'x4'", id="text-non-numeric"),
+    pytest.param(b"2 2\na 1 2\n\xff\xfe 3 4\n", False, "line 3: word .* not valid UTF-8", id="text-bad-utf8"),
+    pytest.param(b"2 2\na 1 2\na 3 4\n", False, "line 3: duplicate word 'a'", id="text-duplicate"),
+    pytest.param(b"1 2\na 1 2\nb 3 4\n", False, "line 3: more records than the 1", id="text-extra-record"),
+    pytest.param(
+        b"2 2\n" + binary_record(b"a", [1, 2]) + b"b \x00\x00", True, "inside record 2", id="binary-truncated"
+    ),
+    pytest.param(
+        b"2 2\n" + binary_record(b"a", [1, 2]) + binary_record(b"\xff", [3, 4]),
+        True,
+        "record 2 at byte 15: word .* not valid UTF-8",
+        id="binary-bad-utf8",
+    ),
+    pytest.param(
+        b"2 2\n" + binary_record(b"a", [1, 2]) + binary_record(b"a", [3, 4]),
+        True,
+        "record 2 at byte 15: duplicate word 'a'",
+        id="binary-duplicate",
+    ),
+    pytest.param(
+        b"1 2\n" + binary_record(b"a", [1, 2]) + binary_record(b"b", [3, 4]),
+        True,
+        "unexpected data after the 1 records",
+        id="binary-extra-record",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "binary", "message"), MALFORMED)
+def test_malformed_files_raise_model_format_error(tmp_path, data, binary, message) -> None:
+    path = tmp_path / "bad.w2v"
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError, match=message):
+        load_word2vec_format(path, binary=binary)
+    if binary is not None:  # autodetection must reach the same verdict
+        with pytest.raises(ModelFormatError):
+            load_word2vec_format(path)
+
+
+def test_corrupt_gzip_raises_model_format_error(vecs, tmp_path) -> None:
+    path = tmp_path / "v.w2v.gz"
+    save_word2vec_format(vecs, path, binary=True)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ModelFormatError, match="compressed"):
+        load_word2vec_format(path)
+
+
+def test_missing_file_raises_file_not_found(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_word2vec_format(tmp_path / "nope.w2v")
+
+
+@pytest.mark.parametrize("bad_word", ["two words", "tab\tword", "new\nline", ""])
+def test_words_the_format_cannot_hold_are_rejected_before_writing(tmp_path, bad_word) -> None:
+    vecs = Vectors(["ok", bad_word], np.ones((2, 3), dtype=np.float32))
+    path = tmp_path / "v.w2v"
+    with pytest.raises(ModelFormatError, match="whitespace"):
+        save_word2vec_format(vecs, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_save_keeps_the_previous_file(vecs, tmp_path, monkeypatch) -> None:
+    path = tmp_path / "v.w2v"
+    path.write_bytes(b"previous contents")
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        save_word2vec_format(vecs, path, binary=True)
+    assert path.read_bytes() == b"previous contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.w2v"]  # no temp file left behind
+
+
+def test_save_overwrites_and_accepts_str_paths(vecs, tmp_path) -> None:
+    path = tmp_path / "v.w2v"
+    path.write_bytes(b"old")
+    save_word2vec_format(vecs, str(path))
+    assert path.read_bytes().startswith(b"300 13\nthe ")
+    assert_same(load_word2vec_format(str(path)), vecs)
+
+
+def test_loaded_vectors_answer_queries_like_the_original(vecs, tmp_path) -> None:
+    path = tmp_path / "v.bin"
+    save_word2vec_format(vecs, path, binary=True)
+    assert load_word2vec_format(path).most_similar("naïve") == vecs.most_similar("naïve")

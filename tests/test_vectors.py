@@ -1,0 +1,287 @@
+"""Vectors queries must give gensim's answers: same words, same order, scores within 1e-5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+import model.vectors as vectors_module
+from model.errors import ModelFormatError, ParameterError, UnknownWordError
+from model.vectors import Vectors, _top_k
+
+N_WORDS, DIM = 20000, 24  # big enough that the blocked top-k path is taken
+
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated `init_sims`:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def store() -> tuple[Vectors, KeyedVectors, np.ndarray]:
+    rng = np.random.default_rng(42)
+    arr = rng.standard_normal((N_WORDS, DIM)).astype(np.float32)
+    arr *= rng.uniform(0.2, 5.0, size=(N_WORDS, 1)).astype(np.float32)  # norms must not matter
+    words = [f"w{i}" for i in range(N_WORDS)]
+    kv = KeyedVectors(DIM)
+    kv.add_vectors(words, arr)
+    return Vectors(words, arr), kv, arr
+
+
+def assert_same_hits(ours: list[tuple[str, float]], theirs: list[tuple[str, float]]) -> None:
+    assert [w for w, _ in ours] == [w for w, _ in theirs]
+    np.testing.assert_allclose([s for _, s in ours], [s for _, s in theirs], rtol=0, atol=1e-5)
+
+
+QUERIES = [
+    pytest.param({"positive": "w7"}, id="one-word"),
+    pytest.param({"positive": ["w1", "w2", "w3"]}, id="positives"),
+    pytest.param({"positive": ["w10", "w20"], "negative": ["w30"]}, id="analogy-shape"),
+    pytest.param({"positive": ["w10"], "negative": ["w30", "w40"], "topn": 25}, id="two-negatives"),
+    pytest.param({"positive": ["w5", "w6"], "negative": ["w9"], "restrict_vocab": 700}, id="restricted"),
+    pytest.param({"positive": ["w15000"], "restrict_vocab": 1000}, id="query-outside-restriction"),
+    pytest.param({"positive": ["w3"], "topn": 1}, id="topn-1"),
+]
+
+
+@pytest.mark.parametrize("kwargs", QUERIES)
+def test_most_similar_matches_gensim(store, kwargs) -> None:
+    ours, kv, _ = store
+    assert_same_hits(ours.most_similar(**kwargs), kv.most_similar(**kwargs))
+
+
+def test_long_queries_match_gensim(store) -> None:
+    # More query words than the shortlist margin, all close to each other: without excluding
+    # them before the top-k, they would crowd out the real answers.
+    ours, kv, _ = store
+    cluster = ["w7"] + [w for w, _ in kv.most_similar("w7", topn=15)]
+    assert_same_hits(ours.most_similar(cluster), kv.most_similar(cluster))
+    assert_same_hits(ours.most_similar_cosmul(cluster), kv.most_similar_cosmul(cluster))
+
+
+def test_raw_vector_queries_match_gensim(store) -> None:
+    ours, kv, arr = store
+    probe = arr[123] * 3 + arr[456]
+    assert_same_hits(ours.most_similar(positive=[probe]), kv.most_similar(positive=[probe]))
+    # A raw vector is added unnormalised, and a word next to it is still excluded.
+    mixed = {"positive": [probe, "w9"], "negative": ["w11"]}
+    assert_same_hits(ours.most_similar(**mixed), kv.most_similar(**mixed))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"positive": ["w10", "w20"], "negative": ["w30"]},
+        {"positive": ["w10", "w20"]},
+        {"positive": ["w1"], "negative": ["w2", "w3"], "topn": 15},
+    ],
+)
+def test_most_similar_cosmul_matches_gensim(store, kwargs) -> None:
+    ours, kv, _ = store
+    assert_same_hits(ours.most_similar_cosmul(**kwargs), kv.most_similar_cosmul(**kwargs))
+
+
+def test_cosmul_restrict_vocab_is_gensims_ranking_cut_to_the_first_words(store) -> None:
+    # gensim accepts but ignores restrict_vocab in most_similar_cosmul; ours honours it.
+    ours, kv, _ = store
+    full = kv.most_similar_cosmul(positive=["w10", "w20"], negative=["w30"], topn=N_WORDS)
+    expected = [(w, s) for w, s in full if int(w[1:]) < 2000][:10]
+    got = ours.most_similar_cosmul(positive=["w10", "w20"], negative=["w30"], restrict_vocab=2000)
+    assert_same_hits(got, expected)
+
+
+def test_analogy_is_b_plus_c_minus_a(store) -> None:
+    ours, kv, _ = store
+    assert_same_hits(ours.analogy("w1", "w2", "w3"), kv.most_similar(positive=["w2", "w3"], negative=["w1"]))
+    assert_same_hits(
+        ours.analogy("w1", "w2", "w3", method="mul", topn=5),
+        kv.most_similar_cosmul(positive=["w2", "w3"], negative=["w1"], topn=5),
+    )
+
+
+@pytest.mark.parametrize("method", ["add", "mul"])
+@pytest.mark.parametrize("restrict_vocab", [None, 5000])
+def test_batch_equals_one_query_at_a_time(store, monkeypatch, method, restrict_vocab) -> None:
+    ours, _, arr = store
+    queries = [
+        "w1",
+        ["w2", "w3"],
+        (["w4", "w5"], ["w6"]),
+        ("w7", ["w8"]),
+        {"positive": ["w9"], "negative": ["w10", "w11"]},
+        [arr[12]],
+        *[[f"w{i}"] for i in range(100, 160)],
+    ]
+    single_kwargs: list[dict[str, Any]] = [
+        {"positive": "w1"},
+        {"positive": ["w2", "w3"]},
+        {"positive": ["w4", "w5"], "negative": ["w6"]},
+        {"positive": "w7", "negative": ["w8"]},
+        {"positive": ["w9"], "negative": ["w10", "w11"]},
+        {"positive": [arr[12]]},
+        *[{"positive": [f"w{i}"]} for i in range(100, 160)],
+    ]
+    call = ours.most_similar if method == "add" else ours.most_similar_cosmul
+    one_by_one = [call(**kw, topn=7, restrict_vocab=restrict_vocab) for kw in single_kwargs]
+    assert ours.most_similar_batch(queries, topn=7, restrict_vocab=restrict_vocab, method=method) == one_by_one
+    # Splitting the batch into several matrix products must not change anything either.
+    monkeypatch.setattr(vectors_module, "_SCORE_CHUNK_BYTES", 4 * N_WORDS * 5)
+    assert ours.most_similar_batch(queries, topn=7, restrict_vocab=restrict_vocab, method=method) == one_by_one
+
+
+@pytest.mark.parametrize("method", ["add", "mul"])
+def test_exact_ties_go_to_the_more_frequent_word_in_batches_too(method) -> None:
+    # 40 copies of one vector tie exactly; float32 top-k alone would pick an arbitrary subset.
+    rng = np.random.default_rng(5)
+    arr = rng.standard_normal((N_WORDS, 16)).astype(np.float32)
+    copies = np.sort(rng.choice(np.arange(1, N_WORDS), size=40, replace=False))
+    arr[copies] = arr[0]
+    vecs = Vectors([f"w{i}" for i in range(N_WORDS)], arr)
+    expected = [f"w{i}" for i in copies[:5]]
+    call = vecs.most_similar if method == "add" else vecs.most_similar_cosmul
+    assert [w for w, _ in call("w0", topn=5)] == expected
+    batch = vecs.most_similar_batch(["w0", "w1", "w0", "w2"], topn=5, method=method)
+    assert [w for w, _ in batch[0]] == [w for w, _ in batch[2]] == expected
+
+
+def test_query_words_are_never_returned(store) -> None:
+    ours, _, _ = store
+    hits = ours.most_similar(["w1", "w2"], ["w3"], topn=N_WORDS)
+    assert len(hits) == N_WORDS - 3
+    assert {"w1", "w2", "w3"}.isdisjoint(w for w, _ in hits)
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_topn_larger_than_the_vocabulary_returns_everything_else() -> None:
+    arr = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0]], dtype=np.float32)
+    vecs = Vectors(["a", "b", "c"], arr)
+    assert [w for w, _ in vecs.most_similar("a", topn=50)] == ["b", "c"]
+    assert [w for w, _ in vecs.most_similar("a", topn=50, restrict_vocab=2)] == ["b"]
+
+
+def test_unknown_words_are_all_named(store) -> None:
+    ours, _, _ = store
+    with pytest.raises(UnknownWordError) as info:
+        ours.most_similar(["w1", "nosuch"], negative=["alsomissing"])
+    assert info.value.words == ["nosuch", "alsomissing"]
+    assert "nosuch" in str(info.value) and "alsomissing" in str(info.value)
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(UnknownWordError) as info:
+        ours.most_similar_batch(["w1", ["x1"], (["w2"], ["x2"])])
+    assert info.value.words == ["x1", "x2"]
+    with pytest.raises(UnknownWordError):
+        ours.similarity("w1", "nosuch")
+
+
+@pytest.mark.parametrize("kwargs", [{"topn": 0}, {"topn": -3}, {"restrict_vocab": 0}, {"positive": [], "negative": []}])
+def test_invalid_arguments_raise_parameter_error(store, kwargs) -> None:
+    ours, _, _ = store
+    kwargs = {"positive": ["w1"], **kwargs}
+    with pytest.raises(ParameterError):
+        ours.most_similar(**kwargs)
+
+
+def test_wrong_sized_query_vector_is_rejected(store) -> None:
+    ours, _, _ = store
+    with pytest.raises(ParameterError):
+        ours.most_similar(positive=[np.ones(DIM + 1, dtype=np.float32)])
+
+
+def test_similarity_distance_and_n_similarity_match_gensim(store) -> None:
+    ours, kv, _ = store
+    for a, b in [("w1", "w2"), ("w3", "w3"), ("w100", "w19999")]:
+        assert ours.similarity(a, b) == pytest.approx(float(kv.similarity(a, b)), abs=1e-7)
+        assert ours.distance(a, b) == pytest.approx(float(kv.distance(a, b)), abs=1e-7)
+    assert ours.n_similarity(["w1", "w2"], ["w3", "w4", "w5"]) == pytest.approx(
+        float(kv.n_similarity(["w1", "w2"], ["w3", "w4", "w5"])), abs=1e-6
+    )
+
+
+def test_doesnt_match_matches_gensim(store) -> None:
+    ours, kv, _ = store
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        words = [f"w{i}" for i in rng.choice(N_WORDS, size=5, replace=False)]
+        assert ours.doesnt_match(words) == kv.doesnt_match(words)
+    # Unknown words are ignored, as in gensim; all unknown is an error.
+    assert ours.doesnt_match(["w1", "w2", "w3", "zzz"]) == kv.doesnt_match(["w1", "w2", "w3", "zzz"])
+    with pytest.raises(UnknownWordError):
+        ours.doesnt_match(["zzz", "yyy"])
+
+
+def test_doesnt_match_finds_the_outlier() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal(16).astype(np.float32)
+    arr = np.vstack([base + 0.05 * rng.standard_normal(16) for _ in range(4)] + [-base]).astype(np.float32)
+    vecs = Vectors(["cat", "dog", "cow", "pig", "car"], arr)
+    assert vecs.doesnt_match(["cat", "dog", "car", "cow", "pig"]) == "car"
+
+
+def test_read_only_memory_map(store, tmp_path: Path) -> None:
+    ours, _, arr = store
+    np.save(tmp_path / "v.npy", arr)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    vecs = Vectors(ours.words, mapped)
+    assert isinstance(vecs.vectors, np.memmap)  # kept as is, not copied
+    assert vecs.most_similar(["w1", "w2"], ["w3"]) == ours.most_similar(["w1", "w2"], ["w3"])
+    assert vecs.most_similar_batch(["w1", "w4"]) == ours.most_similar_batch(["w1", "w4"])
+    assert vecs.similarity("w5", "w6") == ours.similarity("w5", "w6")
+    np.testing.assert_array_equal(vecs["w7"], arr[7])
+
+
+def test_returned_vectors_cannot_corrupt_the_store(store) -> None:
+    ours, _, arr = store
+    for vec in (ours["w1"], ours.get_vector("w1", norm=True), ours.unit_vectors):
+        with pytest.raises(ValueError):
+            vec[0] = 123.0
+    np.testing.assert_array_equal(ours.vectors[1], arr[1])
+
+
+def test_unit_vectors_have_unit_length_and_zero_rows_stay_zero() -> None:
+    arr = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    vecs = Vectors(["a", "zero", "b"], arr)
+    expected = np.array([[0.6, 0.8], [0.0, 0.0], [2**-0.5, 2**-0.5]])
+    np.testing.assert_allclose(vecs.unit_vectors, expected, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vecs.get_vector("a", norm=True)), 1.0, rtol=1e-6)
+    hits = vecs.most_similar("a")
+    assert [w for w, _ in hits] == ["b", "zero"]
+    assert hits[1][1] == 0.0
+
+
+def test_counts_and_lookup() -> None:
+    vecs = Vectors(["a", "b"], np.ones((2, 3), dtype=np.float64), counts=np.array([5, 2]))
+    assert vecs.vectors.dtype == np.float32
+    assert len(vecs) == 2 and vecs.vector_size == 3
+    assert "a" in vecs and "c" not in vecs
+    assert vecs.index("b") == 1 and vecs.key_to_index == {"a": 0, "b": 1}
+    assert vecs.counts is not None and vecs.counts.tolist() == [5, 2]
+    with pytest.raises(UnknownWordError):
+        vecs.index("c")
+
+
+@pytest.mark.parametrize(
+    ("words", "shape", "counts", "message"),
+    [
+        (["a", "b", "a"], (3, 2), None, "duplicate words: 'a'"),
+        (["a", "b"], (3, 2), None, "2 words but 3 vector rows"),
+        (["a", "b"], (2,), None, "2-D"),
+        (["a", "b"], (2, 2), np.array([1, 2, 3]), "counts"),
+    ],
+)
+def test_constructor_validates(words, shape, counts, message) -> None:
+    with pytest.raises(ModelFormatError, match=message):
+        Vectors(words, np.zeros(shape, dtype=np.float32), counts)
+
+
+@pytest.mark.parametrize("k", [1, 5, 18, 40])
+def test_blocked_top_k_returns_the_k_largest_values_even_with_ties(monkeypatch, k) -> None:
+    monkeypatch.setattr(vectors_module, "_TOPK_BLOCK", 8)  # force the blocked path on small rows
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 50, size=(6, 5003)).astype(np.float32)  # many ties, ragged tail
+    idx = _top_k(scores, k)
+    assert idx.shape == (6, k)
+    for row in range(6):
+        assert len(set(idx[row].tolist())) == k
+        np.testing.assert_array_equal(np.sort(scores[row, idx[row]]), np.sort(scores[row])[-k:])
