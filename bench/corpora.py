@@ -39,7 +39,7 @@ def wiki_sample(out: Path | None = None) -> Path:
 
 def repeated(src: Path, min_words: int, out: Path | None = None) -> Path:
     """`src` concatenated with itself until it holds at least `min_words` words."""
-    out = out or DATA_DIR / f"{src.stem}-x{min_words // 1_000_000}M.txt"
+    out = out or DATA_DIR / f"{src.stem}-{min_words // 1000}k-words.txt"
     if out.exists():
         return out
     text = src.read_text(encoding="utf-8")

@@ -57,10 +57,9 @@ def run_one(tool: str, corpus: str, seed: int, threads: int) -> dict[str, Any]:
 
         kwargs = dict(SETTINGS, sg=0, hs=0, seed=seed, workers=threads)
         t0 = time.perf_counter()
-        if tool == "gensim":
-            g = Word2Vec(LineSentence(corpus), **kwargs)
-        else:  # gensim reading the file itself, its fastest mode
-            g = Word2Vec(corpus_file=corpus, **kwargs)
+        # "gensim-file": gensim reading the file itself, its fastest mode.
+        source = {"sentences": LineSentence(corpus)} if tool == "gensim" else {"corpus_file": corpus}
+        g = Word2Vec(**source, **kwargs)
         seconds = time.perf_counter() - t0
         words, vectors = list(g.wv.index_to_key), g.wv.vectors
         raw_words = g.corpus_total_words

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app, model store and the `w2v` command line."""

@@ -1,0 +1,75 @@
+"""The FastAPI application: `create_app(settings)`, or `app` for `uvicorn app.main:app` (W2V_* variables)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.concurrency import run_in_threadpool
+from starlette.types import Scope
+
+from app.deps import require_api_key
+from app.errors import BodySizeLimit, install_error_handlers
+from app.routers import corpora, health, models, query, train
+from app.services import Services, open_services
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Uploads stream to disk under their own (larger) cap; every other body is small JSON.
+_STREAMED_UPLOADS = [
+    ("POST", r"/corpora"),
+    ("POST", r"/models/import"),
+    ("POST", r"/models/[^/]+/evaluate"),
+]
+
+DESCRIPTION = """
+Train word2vec (CBOW, negative sampling) embeddings on your corpora and query them.
+
+1. `POST /corpora` a text corpus (one sentence per line; gzip or bzip2 welcome).
+2. `POST /train` with its `corpus_id` (or small corpora inline as `text`).
+3. Watch `GET /jobs/{job_id}` (or stream `GET /jobs/{job_id}/events`) until `succeeded`.
+4. Ask `GET /similar?word=...`, `GET /analogy?a=...&b=...&c=...`: the newest model answers unless
+   you name one with `model=`.
+"""
+
+
+def _resolve_settings(app: FastAPI) -> Settings:
+    provider = app.dependency_overrides.get(get_settings, get_settings)
+    settings: Settings = provider()
+    return settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = _resolve_settings(app)
+    services: Services = await run_in_threadpool(open_services, settings)
+    app.state.services = services
+    log.info("store %s, broker %s", services.layout.root, settings.broker_url or "filesystem (embedded)")
+    try:
+        yield
+    finally:
+        await run_in_threadpool(services.close)
+
+
+def _request_limit(scope: Scope) -> int:
+    services: Services = scope["app"].state.services
+    return services.settings.max_request_bytes
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="word2vec service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    protected = [Depends(require_api_key)]
+    for module in (corpora, train, models, query):
+        app.include_router(module.router, dependencies=protected)
+    return app
+
+
+app = create_app()

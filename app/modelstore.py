@@ -1,0 +1,234 @@
+"""The models folder of the store, seen from the API: listing, metadata and loaded models.
+
+Workers add model directories at any time (each appears in one rename), so nothing here is
+cached without a check that is cheap to repeat: the folder's mtime says whether the set of
+models changed, and a cached model is dropped as soon as its directory disappears. Loaded
+models are memory-mapped and kept in a bounded LRU, each with its unit-normalised matrix and
+its query batcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.batching import QueryBatcher
+from model import Model, ModelFormatError, load_model
+from model.store import read_meta
+from worker.storage import StoreLayout, is_id, new_id
+
+log = logging.getLogger(__name__)
+
+
+class ModelDamaged(RuntimeError):
+    """A stored model fails its checks (torn write, disk corruption): refused rather than served."""
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        self.model_id = model_id
+        super().__init__(f"model {model_id!r} is damaged and cannot be served: {reason}")
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, model_id: str | None) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"model {model_id!r} not found" if model_id is not None else "no model yet: train or import one first"
+        )
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    model: Model
+    batcher: QueryBatcher
+    path: Path
+
+
+class ModelStore:
+    def __init__(self, layout: StoreLayout, cache_size: int) -> None:
+        self.layout = layout
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._listing_key: tuple[int, int] | None = None
+        self._listing: list[str] = []
+
+    # -------------------------------------------------------------- listing and metadata
+
+    def _listing_if_current(self) -> list[str] | None:
+        """The cached listing if the models folder has not changed since it was read (one stat)."""
+        st = os.stat(self.layout.models)
+        with self._lock:
+            return self._listing if (st.st_mtime_ns, st.st_ino) == self._listing_key else None
+
+    def _scan(self) -> list[str]:
+        """Model ids, newest first; re-read only when the models folder changed."""
+        st = os.stat(self.layout.models)
+        key = (st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            if key == self._listing_key:
+                return self._listing
+        ids = [
+            e.name
+            for e in os.scandir(self.layout.models)
+            if is_id(e.name) and e.is_dir() and (Path(e.path) / "meta.json").is_file()
+        ]
+        metas = {}
+        for model_id in ids:
+            with contextlib.suppress(ModelFormatError, OSError):
+                metas[model_id] = self.meta(model_id)
+        ordered = sorted(metas, key=lambda i: (str(metas[i].get("created_at") or ""), i), reverse=True)
+        with self._lock:
+            self._listing_key, self._listing = key, ordered
+            for gone in set(self._meta) - set(ids):
+                self._meta.pop(gone, None)
+        return ordered
+
+    def ids(self) -> list[str]:
+        return list(self._scan())
+
+    def exists(self, model_id: str) -> bool:
+        return is_id(model_id) and (self.layout.model_dir(model_id) / "meta.json").is_file()
+
+    def meta(self, model_id: str) -> dict[str, Any]:
+        """The model's meta.json plus its id; model directories never change once written."""
+        if not self.exists(model_id):
+            raise ModelNotFound(model_id)
+        with self._lock:
+            cached = self._meta.get(model_id)
+        if cached is not None:
+            return cached
+        path = self.layout.model_dir(model_id)
+        meta = dict(read_meta(path))
+        meta["model_id"] = model_id
+        if not meta.get("created_at"):
+            # Models placed in the store by other tools: the directory's age stands in.
+            meta["created_at"] = datetime.fromtimestamp((path / "meta.json").stat().st_mtime, UTC).isoformat(
+                timespec="milliseconds"
+            )
+        with self._lock:
+            self._meta[model_id] = meta
+        return meta
+
+    def evaluations(self, model_id: str) -> list[dict[str, Any]]:
+        path = self.layout.evaluation_file(model_id)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return []
+        return data if isinstance(data, list) else []
+
+    def add_evaluation(self, model_id: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            entries = [*self.evaluations(model_id), entry]
+            path = self.layout.evaluation_file(model_id)
+            tmp = path.with_name(f".{path.name}.{new_id()}.tmp")
+            tmp.write_text(json.dumps(entries), encoding="utf-8")
+            os.replace(tmp, path)
+
+    def resolve(self, model_id: str | None) -> str:
+        """An explicit id that exists, or the newest model when none is given."""
+        if model_id is not None:
+            if not self.exists(model_id):
+                raise ModelNotFound(model_id)
+            return model_id
+        ids = self._scan()
+        for candidate in ids:
+            if self.exists(candidate):
+                return candidate
+        raise ModelNotFound(None)
+
+    # -------------------------------------------------------------- loaded models
+
+    def cached(self, model_id: str | None) -> LoadedModel | None:
+        """A loaded model without touching anything slow (for the event loop), or None."""
+        try:
+            if model_id is None:
+                listing = self._listing_if_current()
+                if not listing:  # changed since the last look: rescanning is the slow path's job
+                    return None
+                model_id = listing[0]
+            resolved = self.resolve(model_id)
+        except (ModelNotFound, OSError):
+            return None
+        with self._lock:
+            loaded = self._cache.get(resolved)
+            if loaded is not None:
+                self._cache.move_to_end(resolved)
+        return loaded
+
+    def get(self, model_id: str | None) -> LoadedModel:
+        """Load (memory-mapped, checksum-verified) on first use; blocking."""
+        resolved = self.resolve(model_id)
+        with self._lock:
+            loaded = self._cache.get(resolved)
+            if loaded is not None:
+                self._cache.move_to_end(resolved)
+                return loaded
+            load_lock = self._load_locks.setdefault(resolved, threading.Lock())
+        with load_lock:  # concurrent first requests load the model once
+            with self._lock:
+                loaded = self._cache.get(resolved)
+            if loaded is not None:
+                return loaded
+            path = self.layout.model_dir(resolved)
+            try:
+                model = load_model(path, mmap=True, verify=True)
+            except FileNotFoundError as exc:
+                raise ModelNotFound(resolved) from exc
+            except ModelFormatError as exc:
+                log.error("model %s: %s", resolved, exc)
+                raise ModelDamaged(resolved, str(exc)) from exc
+            model.vectors.unit_vectors  # noqa: B018 - build the normalised matrix before the first query waits on it
+            loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path)
+            evicted: list[LoadedModel] = []
+            with self._lock:
+                self._cache[resolved] = loaded
+                while len(self._cache) > self._cache_size:
+                    evicted.append(self._cache.popitem(last=False)[1])
+                self._load_locks.pop(resolved, None)
+            for old in evicted:
+                old.batcher.close()
+            log.info("loaded model %s (%d words)", resolved, len(model.vectors))
+            return loaded
+
+    def drop(self, model_id: str) -> None:
+        with self._lock:
+            loaded = self._cache.pop(model_id, None)
+            self._meta.pop(model_id, None)
+            self._listing_key = None
+        if loaded is not None:
+            loaded.batcher.close()
+
+    def delete(self, model_id: str) -> None:
+        if not self.exists(model_id):
+            raise ModelNotFound(model_id)
+        path = self.layout.model_dir(model_id)
+        # Renamed away first, so no reader ever sees a half-deleted model.
+        trash = self.layout.tmp / f"deleted-{model_id}-{new_id()}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError as exc:
+            raise ModelNotFound(model_id) from exc
+        self.drop(model_id)
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.evaluation_file(model_id).unlink()
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            loaded = list(self._cache.values())
+            self._cache.clear()
+        for lm in loaded:
+            lm.batcher.close()

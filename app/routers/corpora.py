@@ -1,0 +1,72 @@
+"""Text corpora: upload (streamed, capped), list, inspect, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from app.deps import CorporaDep, JobsDep, ServicesDep
+from app.schemas import CorpusPublic, Name
+from app.uploads import receive_upload
+
+router = APIRouter(prefix="/corpora", tags=["corpora"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "description": "The corpus, one sentence per line, as the raw body (text/plain or "
+        "application/octet-stream, optionally gzip or bzip2) or as the multipart field `file`.",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_UPLOAD_BODY)
+async def upload_corpus(
+    request: Request,
+    services: ServicesDep,
+    response: Response,
+    name: Annotated[Name | None, Query(description="A label for the corpus.")] = None,
+) -> CorpusPublic:
+    """Upload a corpus; it is checked (decompresses, not empty) and its lines counted."""
+    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
+    label = name or upload.fields.get("name") or None
+    meta = await run_in_threadpool(services.corpora.ingest, upload.path, filename=upload.filename, name=label)
+    response.headers["Location"] = str(request.url_for("get_corpus", corpus_id=meta["id"]))
+    return CorpusPublic.model_validate(meta)
+
+
+@router.get("")
+def list_corpora(corpora: CorporaDep) -> list[CorpusPublic]:
+    return [CorpusPublic.model_validate(m) for m in corpora.list()]
+
+
+@router.get("/{corpus_id}")
+def get_corpus(corpus_id: str, corpora: CorporaDep) -> CorpusPublic:
+    return CorpusPublic.model_validate(corpora.get(corpus_id))
+
+
+@router.delete("/{corpus_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_corpus(corpus_id: str, corpora: CorporaDep, jobs: JobsDep) -> None:
+    """Delete a corpus, unless a queued or running job still needs it (409)."""
+    corpora.get(corpus_id)
+    users: list[dict[str, Any]] = [
+        {"job_id": j.job_id, "state": j.state}
+        for state in ("queued", "running")
+        for j in jobs.list(state=state, limit=10_000)
+        if j.corpus_id == corpus_id
+    ]
+    if users:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"corpus {corpus_id!r} is used by {len(users)} unfinished job(s): "
+            + ", ".join(u["job_id"] for u in users),
+        )
+    corpora.delete(corpus_id)

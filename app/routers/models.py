@@ -1,0 +1,239 @@
+"""Models in the store: list, inspect, delete, export, import, evaluate."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from app.deps import ModelsDep, ServicesDep
+from app.modelstore import ModelNotFound, ModelStore
+from app.schemas import EvaluationPublic, ModelPublic, ModelSummary, Name
+from app.services import Services
+from app.uploads import Upload, receive_upload
+from model import (
+    Model,
+    ModelFormatError,
+    evaluate_analogies,
+    evaluate_word_pairs,
+    load_word2vec_format,
+    save_model,
+    save_word2vec_format,
+)
+from worker.jobs import utcnow
+from worker.storage import new_id
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+_FILE_BODY = {
+    "requestBody": {
+        "description": "The file as the raw body or as the multipart field `file`.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "text/plain": {"schema": {"type": "string"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+def _summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model_id": meta["model_id"],
+        "name": meta.get("name"),
+        "created_at": meta["created_at"],
+        "source": meta.get("source") or ("imported" if meta.get("imported_from") else "trained"),
+        "vocab_size": meta["vocab_size"],
+        "vector_size": meta["vector_size"],
+        "job_id": meta.get("job_id"),
+        "corpus_id": meta.get("corpus_id"),
+    }
+
+
+def _existing(store: ModelStore, model_id: str) -> dict[str, Any]:
+    try:
+        return store.meta(model_id)
+    except (ModelFormatError, ValueError) as exc:
+        # A model directory that cannot be read is as good as absent to the caller.
+        raise ModelNotFound(model_id) from exc
+
+
+@router.get("")
+def list_models(models: ModelsDep) -> list[ModelSummary]:
+    """All models, newest first; the first one answers queries that name no model."""
+    out = []
+    for model_id in models.ids():
+        with contextlib.suppress(ModelNotFound, ModelFormatError):
+            out.append(ModelSummary.model_validate(_summary_fields(models.meta(model_id))))
+    return out
+
+
+@router.get("/{model_id}")
+def get_model(model_id: str, models: ModelsDep) -> ModelPublic:
+    """Hyperparameters, corpus statistics, vocabulary size, training time and speed, evaluations."""
+    meta = _existing(models, model_id)
+    evaluations = list(models.evaluations(model_id))
+    if isinstance(meta.get("evaluation"), dict):
+        evaluations.insert(0, {"kind": "at_training", "result": meta["evaluation"]})
+    return ModelPublic.model_validate(
+        {
+            **_summary_fields(meta),
+            "config": meta.get("config"),
+            "corpus": meta.get("corpus"),
+            "training": meta.get("training"),
+            "version": meta.get("version"),
+            "evaluations": evaluations,
+        }
+    )
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(model_id: str, models: ModelsDep) -> None:
+    _existing(models, model_id)
+    models.delete(model_id)
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}, "text/plain": {}}}},
+)
+def export_model(
+    model_id: str,
+    services: ServicesDep,
+    format: Annotated[Literal["word2vec-text", "word2vec-binary"], Query()] = "word2vec-binary",
+) -> FileResponse:
+    """The model in the original word2vec format, readable by gensim's `load_word2vec_format`."""
+    _existing(services.models, model_id)
+    loaded = services.models.get(model_id)
+    binary = format == "word2vec-binary"
+    out = services.layout.tmp / f"export-{new_id()}.{'bin' if binary else 'txt'}"
+    try:
+        save_word2vec_format(loaded.model.vectors, out, binary=binary)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return FileResponse(
+        out,
+        media_type="application/octet-stream" if binary else "text/plain; charset=utf-8",
+        filename=f"{model_id}.{'bin' if binary else 'txt'}",
+        background=BackgroundTask(out.unlink, missing_ok=True),
+    )
+
+
+def _import(services: Services, upload: Upload, binary: bool | None, name: str | None) -> dict[str, Any]:
+    try:
+        vectors = load_word2vec_format(upload.path, binary=binary)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelFormatError(f"not a word2vec file: {exc}") from exc
+    finally:
+        upload.discard()
+    model_id = new_id()
+    meta = {
+        "model_id": model_id,
+        "name": name,
+        "created_at": utcnow(),
+        "source": "imported",
+        "imported_from": upload.filename,
+    }
+    save_model(services.layout.model_dir(model_id), Model(vectors, meta))
+    return services.models.meta(model_id)
+
+
+@router.post("/import", status_code=status.HTTP_201_CREATED, openapi_extra=_FILE_BODY)
+async def import_model(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    format: Annotated[Literal["auto", "word2vec-text", "word2vec-binary"], Query()] = "auto",
+    name: Annotated[Name | None, Query()] = None,
+) -> ModelSummary:
+    """Add a model from a word2vec text or binary file (optionally gzip/bz2/xz compressed)."""
+    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
+    binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[format]
+    meta = await run_in_threadpool(_import, services, upload, binary, name or upload.fields.get("name"))
+    response.headers["Location"] = str(request.url_for("get_model", model_id=meta["model_id"]))
+    return ModelSummary.model_validate(_summary_fields(meta))
+
+
+def _sniff_kind(path: Path) -> Literal["analogies", "word_pairs"]:
+    """Analogy files have ': section' lines and four words per line; pair files three fields."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(":"):
+                return "analogies"
+            return "analogies" if len(line.split()) == 4 else "word_pairs"
+    raise ModelFormatError("the evaluation file is empty")
+
+
+def _evaluate(
+    services: Services,
+    model_id: str,
+    upload: Upload,
+    kind: str,
+    restrict_vocab: int,
+    case_insensitive: bool,
+    method: Literal["add", "mul"],
+) -> dict[str, Any]:
+    try:
+        loaded = services.models.get(model_id)
+        if kind == "auto":
+            kind = _sniff_kind(upload.path)
+        if kind == "analogies":
+            result = evaluate_analogies(
+                loaded.model.vectors,
+                upload.path,
+                restrict_vocab=restrict_vocab,
+                case_insensitive=case_insensitive,
+                method=method,
+            ).to_dict()
+        else:
+            delimiter = "\t"
+            with upload.path.open("rb") as fh:
+                head = fh.read(4096)
+            if b"\t" not in head:
+                delimiter = "," if b"," in head else " "
+            result = evaluate_word_pairs(
+                loaded.model.vectors,
+                upload.path,
+                delimiter=delimiter,
+                restrict_vocab=restrict_vocab,
+                case_insensitive=case_insensitive,
+            ).to_dict()
+    finally:
+        upload.discard()
+    entry = {"kind": kind, "filename": upload.filename, "created_at": utcnow(), "result": result}
+    services.models.add_evaluation(model_id, entry)
+    return {"model_id": model_id, **entry}
+
+
+@router.post("/{model_id}/evaluate", openapi_extra=_FILE_BODY)
+async def evaluate_model(
+    model_id: str,
+    request: Request,
+    services: ServicesDep,
+    kind: Annotated[
+        Literal["auto", "analogies", "word_pairs"],
+        Query(description="'analogies' (questions-words.txt style) or 'word_pairs' (word1, word2, score)."),
+    ] = "auto",
+    restrict_vocab: Annotated[int, Query(ge=1)] = 300_000,
+    case_insensitive: bool = True,
+    method: Annotated[Literal["add", "mul"], Query(description="Analogy scoring: 3CosAdd or 3CosMul.")] = "add",
+) -> EvaluationPublic:
+    """Score the model on an uploaded analogy or word-pair file; the result is kept with the model."""
+    _existing(services.models, model_id)
+    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
+    result = await run_in_threadpool(
+        _evaluate, services, model_id, upload, kind, restrict_vocab, case_insensitive, method
+    )
+    return EvaluationPublic.model_validate(result)

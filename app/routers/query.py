@@ -1,0 +1,158 @@
+"""Queries against a model in memory: neighbours, analogies, similarity, vectors.
+
+Neighbour searches go through the model's batcher, so concurrent requests share one matrix
+product. The model is looked up without blocking when it is already loaded; a first use
+loads it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+
+from app.batching import Hits
+from app.deps import ModelsDep
+from app.modelstore import LoadedModel, ModelStore
+from app.schemas import (
+    BatchQuery,
+    DoesntMatchPublic,
+    Id,
+    QueryResults,
+    SimilarBatchCreate,
+    SimilarBatchPublic,
+    SimilarHit,
+    SimilarityPublic,
+    VectorPublic,
+    Word,
+)
+from model import UnknownWordError
+
+router = APIRouter(tags=["query"])
+
+ModelParam = Annotated[Id | None, Query(description="Model id; omitted: the newest model.")]
+TopN = Annotated[int, Query(ge=1, le=1000, description="How many results.")]
+RestrictVocab = Annotated[int | None, Query(ge=1, description="Search only the this many most frequent words.")]
+WordList = Annotated[list[Word] | None, Query(max_length=100)]
+
+
+async def loaded_model(store: ModelStore, model_id: str | None) -> LoadedModel:
+    hit = store.cached(model_id)
+    if hit is not None:
+        return hit
+    return await run_in_threadpool(store.get, model_id)
+
+
+def _check_known(lm: LoadedModel, words: list[str]) -> None:
+    vectors = lm.model.vectors
+    unknown = [w for w in words if w not in vectors]
+    if unknown:
+        raise UnknownWordError(unknown)
+
+
+def _hits(hits: Hits) -> list[SimilarHit]:
+    return [SimilarHit(word=w, score=s) for w, s in hits]
+
+
+def _results_json(model_id: str, hits: Hits) -> Response:
+    """The QueryResults body, serialised directly: on the hot path, re-validating a response
+    the code just built costs more than the search's own Python work."""
+    body = {"model_id": model_id, "results": [{"word": w, "score": float(s)} for w, s in hits]}
+    return Response(json.dumps(body, allow_nan=False), media_type="application/json")
+
+
+@router.get("/similar", response_model=QueryResults)
+async def similar(
+    models: ModelsDep,
+    word: Annotated[Word | None, Query(description="The word whose neighbours you want.")] = None,
+    positive: WordList = None,
+    negative: WordList = None,
+    topn: TopN = 10,
+    restrict_vocab: RestrictVocab = None,
+    model: ModelParam = None,
+) -> Response:
+    """Nearest words to `word` (plus any `positive`, minus any `negative` words), by cosine."""
+    pos = ([word] if word is not None else []) + list(positive or [])
+    neg = list(negative or [])
+    if not pos:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ["query", "word"],
+                    "msg": "give 'word' or at least one 'positive' word",
+                    "type": "missing",
+                }
+            ]
+        )
+    lm = await loaded_model(models, model)
+    _check_known(lm, pos + neg)
+    hits = await asyncio.wrap_future(lm.batcher.submit(pos, neg, topn=topn, restrict_vocab=restrict_vocab))
+    return _results_json(lm.model_id, hits)
+
+
+@router.get("/analogy", response_model=QueryResults)
+async def analogy(
+    models: ModelsDep,
+    a: Word,
+    b: Word,
+    c: Word,
+    method: Annotated[Literal["add", "mul"], Query(description="3CosAdd or 3CosMul.")] = "add",
+    topn: TopN = 10,
+    restrict_vocab: RestrictVocab = None,
+    model: ModelParam = None,
+) -> Response:
+    """`a` is to `b` as `c` is to ...? (nearest to b - a + c)."""
+    lm = await loaded_model(models, model)
+    _check_known(lm, [a, b, c])
+    hits = await asyncio.wrap_future(
+        lm.batcher.submit([b, c], [a], topn=topn, restrict_vocab=restrict_vocab, method=method)
+    )
+    return _results_json(lm.model_id, hits)
+
+
+@router.get("/similarity")
+async def similarity(models: ModelsDep, w1: Word, w2: Word, model: ModelParam = None) -> SimilarityPublic:
+    """Cosine similarity of two words."""
+    lm = await loaded_model(models, model)
+    return SimilarityPublic(model_id=lm.model_id, w1=w1, w2=w2, score=lm.model.vectors.similarity(w1, w2))
+
+
+@router.get("/vector")
+async def vector(
+    models: ModelsDep,
+    word: Word,
+    norm: Annotated[bool, Query(description="Unit-normalised instead of raw.")] = False,
+    model: ModelParam = None,
+) -> VectorPublic:
+    """The vector of one word."""
+    lm = await loaded_model(models, model)
+    vec = lm.model.vectors.get_vector(word, norm=norm)
+    return VectorPublic(model_id=lm.model_id, word=word, vector=vec.tolist())
+
+
+@router.get("/doesnt_match")
+async def doesnt_match(
+    models: ModelsDep,
+    words: Annotated[list[Word], Query(min_length=2, max_length=100)],
+    model: ModelParam = None,
+) -> DoesntMatchPublic:
+    """The word that fits least with the others (unknown words are ignored unless all are)."""
+    lm = await loaded_model(models, model)
+    return DoesntMatchPublic(model_id=lm.model_id, word=lm.model.vectors.doesnt_match(words))
+
+
+@router.post("/similar/batch")
+async def similar_batch(body: SimilarBatchCreate, models: ModelsDep) -> SimilarBatchPublic:
+    """Many neighbour queries in one request, answered with one matrix product."""
+    queries = [(q.positive, q.negative) if isinstance(q, BatchQuery) else ([q], []) for q in body.queries]
+    lm = await loaded_model(models, body.model)
+    _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
+    vectors = lm.model.vectors
+    results = await run_in_threadpool(
+        vectors.most_similar_batch, queries, body.topn, body.restrict_vocab, method=body.method
+    )
+    return SimilarBatchPublic(model_id=lm.model_id, results=[_hits(h) for h in results])

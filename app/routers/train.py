@@ -1,0 +1,238 @@
+"""Training jobs: submit (idempotent), watch, list, cancel, stream progress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from app.deps import JobsDep, ServicesDep
+from app.errors import JobNotFound
+from app.schemas import JobPublic, JobState, TrainAccepted, TrainCreate
+from model import TrainConfig
+from worker.celery_app import TASK_TRAIN, queue_for_device
+from worker.jobs import TERMINAL, JobRecord, utcnow
+from worker.runner import initial_progress
+from worker.storage import new_id
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["training"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a request with the same key to get the same job back instead of a second one.",
+    ),
+]
+
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+
+def job_public(rec: JobRecord) -> JobPublic:
+    progress = {**initial_progress(int(rec.config.get("epochs", 0))), **(rec.progress or {})}
+    fields = {name: getattr(rec, name) for name in JobPublic.model_fields if name != "progress"}
+    return JobPublic.model_validate({**fields, "progress": progress})
+
+
+def _accepted(request: Request, rec: JobRecord) -> TrainAccepted:
+    return TrainAccepted(
+        job_id=rec.job_id,
+        status_url=str(request.url_for("get_job", job_id=rec.job_id)),
+        events_url=str(request.url_for("job_events", job_id=rec.job_id)),
+        state=rec.state,  # type: ignore[arg-type]
+    )
+
+
+def _replay(
+    request: Request, response: Response, services: Any, bound: tuple[str, str], fingerprint: str
+) -> TrainAccepted:
+    job_id, bound_fingerprint = bound
+    if bound_fingerprint != fingerprint:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail="this Idempotency-Key was already used with a different request body; use a new key",
+        )
+    rec = services.jobs.get(job_id)
+    if rec is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="the job for this Idempotency-Key no longer exists")
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job_id))
+    return _accepted(request, rec)
+
+
+@router.post("/train", status_code=status.HTTP_202_ACCEPTED)
+def submit_training(
+    body: TrainCreate,
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
+) -> TrainAccepted:
+    """Queue a training job on an uploaded corpus (`corpus_id`) or an inline one (`text`)."""
+    settings, jobs, corpora = services.settings, services.jobs, services.corpora
+    config = body.train_config()
+    TrainConfig.from_dict({**config, "device": body.device}).validate()
+    fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    if idempotency_key is not None and (bound := jobs.lookup_idempotency_key(idempotency_key)) is not None:
+        return _replay(request, response, services, bound, fingerprint)
+
+    if body.text is not None:
+        size = len(body.text.encode("utf-8"))
+        if size > settings.max_inline_text_bytes:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                detail=f"inline 'text' is {size} bytes, over the limit of {settings.max_inline_text_bytes}; "
+                "upload it with POST /corpora and pass its corpus_id instead",
+            )
+        corpus = corpora.ingest_text(body.text, name=body.name)
+    else:
+        assert body.corpus_id is not None
+        corpus = corpora.get(body.corpus_id)
+
+    def discard_inline_corpus() -> None:
+        if body.text is not None:
+            corpora.delete(corpus["id"])
+
+    rec = JobRecord(
+        job_id=new_id(),
+        state="queued",
+        corpus_id=corpus["id"],
+        corpus_file=corpus["file"],
+        config=config,
+        device=body.device,
+        queue=queue_for_device(body.device),
+        target_model_id=new_id(),
+        created_at=utcnow(),
+        name=body.name,
+        progress=initial_progress(body.epochs),
+        idempotency_key=idempotency_key,
+    )
+    try:
+        jobs.create(rec)
+    except BaseException:
+        discard_inline_corpus()
+        raise
+    if idempotency_key is not None:
+        bound = jobs.reserve_idempotency_key(idempotency_key, rec.job_id, fingerprint)
+        if bound is not None:  # a concurrent request with the same key got there first
+            jobs.delete(rec.job_id)
+            discard_inline_corpus()
+            return _replay(request, response, services, bound, fingerprint)
+    try:
+        services.celery.send_task(
+            TASK_TRAIN,
+            args=[rec.job_id],
+            queue=rec.queue,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+        )
+    except Exception as exc:
+        log.exception("cannot enqueue job %s", rec.job_id)
+        jobs.delete(rec.job_id)
+        if idempotency_key is not None:
+            jobs.release_idempotency_key(idempotency_key, rec.job_id)
+        discard_inline_corpus()
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"cannot queue the job, the broker is unreachable: {exc}",
+        ) from exc
+    response.headers["Location"] = str(request.url_for("get_job", job_id=rec.job_id))
+    return _accepted(request, rec)
+
+
+@router.get("/jobs")
+def list_jobs(
+    jobs: JobsDep,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[JobPublic]:
+    """Jobs, newest first."""
+    return [job_public(rec) for rec in jobs.list(state=state, limit=limit)]
+
+
+def _job(jobs: Any, job_id: str) -> JobRecord:
+    rec: JobRecord | None = jobs.get(job_id)
+    if rec is None:
+        raise JobNotFound(job_id)
+    return rec
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
+    return job_public(_job(jobs, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", responses={202: {"model": JobPublic}, 409: {}})
+def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Response) -> JobPublic:
+    """Cancel a queued job at once, or ask a running one to stop after its current batch (202)."""
+    rec = _job(jobs, job_id)
+    if rec.state == "queued":
+        done = jobs.transition(job_id, {"queued"}, state="cancelled", cancel_requested=True, finished_at=utcnow())
+        if done is not None:
+            shutil.rmtree(services.layout.checkpoint_dir(job_id), ignore_errors=True)
+            return job_public(done)
+    flagged = jobs.transition(job_id, {"running"}, cancel_requested=True)
+    if flagged is not None:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return job_public(flagged)
+    rec = _job(jobs, job_id)
+    if rec.state == "cancelled":
+        return job_public(rec)
+    if rec.state in TERMINAL:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id!r} already {rec.state}; nothing to cancel")
+    # It moved from queued to running between our two steps; the flag is now the way to stop it.
+    flagged = jobs.transition(job_id, {"running", "queued"}, cancel_requested=True)
+    response.status_code = status.HTTP_202_ACCEPTED
+    return job_public(flagged or rec)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
+async def job_events(job_id: str, jobs: JobsDep) -> StreamingResponse:
+    """Server-Sent Events: the job (as in GET /jobs/{job_id}) on every change, then `event: end`."""
+    await run_in_threadpool(_job, jobs, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        last, last_sent, seq = "", time.monotonic(), 0
+        while True:
+            rec = await run_in_threadpool(jobs.get, job_id)
+            if rec is None:
+                yield f"event: error\ndata: {json.dumps({'detail': f'job {job_id!r} not found'})}\n\n"
+                return
+            payload = job_public(rec).model_dump_json()
+            if rec.state in TERMINAL:
+                seq += 1
+                yield f"id: {seq}\nevent: end\ndata: {payload}\n\n"
+                return
+            if payload != last:
+                seq += 1
+                yield f"id: {seq}\ndata: {payload}\n\n"
+                last, last_sent = payload, time.monotonic()
+            elif time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            await anyio.sleep(SSE_POLL_S)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,207 @@
+"""Request (`*Create`) and response (`*Public`) bodies.
+
+Every number a request can carry is bounded here, so the worst job the API accepts still
+fits a worker's memory and time, and a bad value is a 422 naming the field before anything
+is queued. Defaults are the trainer's own.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from model import TrainConfig
+from worker.storage import ID_PATTERN
+
+_D = TrainConfig()
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+Device = Literal["cpu", "cuda", "auto"]
+Engine = Literal["auto", "hogwild", "minibatch"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+class TrainCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    corpus_id: Id | None = Field(None, description="A corpus uploaded with POST /corpora.")
+    text: str | None = Field(
+        None, min_length=1, description="A small corpus inline instead of corpus_id: one sentence per line."
+    )
+    name: Name | None = Field(None, description="A label for the job and its model.")
+    vector_size: StrictInt = Field(_D.vector_size, ge=1, le=1000, description="Dimensions of the word vectors.")
+    window: StrictInt = Field(_D.window, ge=1, le=50, description="Largest distance between a word and its context.")
+    negative: StrictInt = Field(_D.negative, ge=1, le=50, description="Negative samples per word.")
+    ns_exponent: float = Field(
+        _D.ns_exponent, ge=-2, le=2, description="Exponent of the negative-sampling distribution."
+    )
+    min_count: StrictInt = Field(_D.min_count, ge=1, le=1_000_000, description="Ignore rarer words.")
+    max_vocab: StrictInt | None = Field(
+        _D.max_vocab, ge=1, le=10_000_000, description="Keep at most this many most frequent words."
+    )
+    sample: float = Field(_D.sample, ge=0, le=1, description="Down-sampling threshold for frequent words.")
+    epochs: StrictInt = Field(_D.epochs, ge=1, le=100)
+    alpha: float = Field(_D.alpha, gt=0, le=1, description="Initial learning rate.")
+    min_alpha: float = Field(_D.min_alpha, ge=0, le=1, description="Final learning rate (linear decay).")
+    seed: StrictInt = Field(_D.seed, ge=0, lt=2**32)
+    lowercase: bool = Field(_D.lowercase, description="Lower-case the corpus before training.")
+    device: Device = Field(cast(Device, _D.device), description="Where to train; 'auto': the worker decides.")
+    engine: Engine = Field(cast(Engine, _D.engine))
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainCreate:
+        if (self.corpus_id is None) == (self.text is None):
+            raise ValueError("give exactly one of 'corpus_id' (an uploaded corpus) or 'text' (an inline corpus)")
+        if self.min_alpha > self.alpha:
+            raise ValueError(f"min_alpha ({self.min_alpha}) must not exceed alpha ({self.alpha})")
+        return self
+
+    def train_config(self) -> dict[str, Any]:
+        """The TrainConfig fields of this request (device is decided by the worker)."""
+        return self.model_dump(exclude={"corpus_id", "text", "name", "device"})
+
+
+class TrainAccepted(BaseModel):
+    job_id: str
+    status_url: str
+    events_url: str
+    state: JobState
+
+
+class ProgressPublic(BaseModel):
+    epoch: int = 0
+    epochs: int | None = None
+    words_done: int = 0
+    words_total: int | None = None
+    words_per_sec: float | None = None
+    loss: float | None = None
+    eta_s: float | None = None
+    alpha: float | None = None
+    elapsed_s: float | None = None
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    state: JobState
+    progress: ProgressPublic
+    model_id: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    name: str | None
+    corpus_id: str
+    device: Device
+    config: dict[str, Any]
+    attempts: int
+    cancel_requested: bool
+
+
+class CorpusPublic(BaseModel):
+    id: str
+    bytes: int = Field(description="Size as stored (compressed if uploaded compressed).")
+    lines: int
+    text_bytes: int = Field(description="Size of the uncompressed text.")
+    compression: Literal["none", "gzip", "bz2"]
+    filename: str | None = None
+    name: str | None = None
+    created_at: datetime
+
+
+class ModelSummary(BaseModel):
+    model_id: str
+    name: str | None = None
+    created_at: datetime
+    source: str | None = Field(None, description="'trained' or 'imported'.")
+    vocab_size: int
+    vector_size: int
+    job_id: str | None = None
+    corpus_id: str | None = None
+
+
+class ModelPublic(ModelSummary):
+    config: dict[str, Any] | None = Field(None, description="Hyperparameters it was trained with.")
+    corpus: dict[str, Any] | None = Field(None, description="Statistics of the training corpus.")
+    training: dict[str, Any] | None = Field(None, description="Training time, words/s, final loss, device.")
+    evaluations: list[dict[str, Any]] = Field(default_factory=list)
+    version: str | None = None
+
+
+class SimilarHit(BaseModel):
+    word: str
+    score: float
+
+
+class QueryResults(BaseModel):
+    model_id: str
+    results: list[SimilarHit]
+
+
+class SimilarityPublic(BaseModel):
+    model_id: str
+    w1: str
+    w2: str
+    score: float
+
+
+class VectorPublic(BaseModel):
+    model_id: str
+    word: str
+    vector: list[float]
+
+
+class DoesntMatchPublic(BaseModel):
+    model_id: str
+    word: str
+
+
+class BatchQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    positive: list[Word] = Field(default_factory=list, max_length=100)
+    negative: list[Word] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchQuery:
+        if not self.positive:
+            raise ValueError("a query needs at least one 'positive' word")
+        return self
+
+
+class SimilarBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Id | None = Field(None, description="Model id; omitted: the newest model.")
+    queries: list[Word | BatchQuery] = Field(
+        min_length=1, max_length=1000, description="Words, or {'positive': [...], 'negative': [...]} objects."
+    )
+    topn: StrictInt = Field(10, ge=1, le=1000)
+    restrict_vocab: StrictInt | None = Field(None, ge=1)
+    method: Literal["add", "mul"] = "add"
+
+
+class SimilarBatchPublic(BaseModel):
+    model_id: str
+    results: list[list[SimilarHit]]
+
+
+class EvaluationPublic(BaseModel):
+    model_id: str
+    kind: Literal["analogies", "word_pairs"]
+    filename: str | None
+    created_at: datetime
+    result: dict[str, Any]
+
+
+class HealthPublic(BaseModel):
+    status: str
+
+
+class ReadinessPublic(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]

@@ -1,0 +1,40 @@
+"""What the app opens at startup and closes at shutdown: the store and the broker connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.corpora import CorpusStore
+from app.modelstore import ModelStore
+from app.settings import Settings
+from worker.celery_app import W2VCelery, create_celery
+from worker.jobs import JobStore, open_job_store
+from worker.storage import StoreLayout
+
+
+@dataclass
+class Services:
+    settings: Settings
+    layout: StoreLayout
+    models: ModelStore
+    corpora: CorpusStore
+    jobs: JobStore
+    celery: W2VCelery
+
+    def close(self) -> None:
+        self.models.close()
+        self.jobs.close()
+        self.celery.close()
+
+
+def open_services(settings: Settings) -> Services:
+    layout = StoreLayout.at(settings.store)
+    layout.ensure()
+    return Services(
+        settings=settings,
+        layout=layout,
+        models=ModelStore(layout, settings.model_cache_size),
+        corpora=CorpusStore(layout),
+        jobs=open_job_store(settings, layout),
+        celery=create_celery(settings),
+    )

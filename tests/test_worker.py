@@ -1,0 +1,382 @@
+"""Job records (Redis and files) and the training-job lifecycle, without a Celery worker.
+
+`run_job` is what the Celery task calls; running it in-process makes every path of the job
+lifecycle (success, cancel, time limit, retry cap, shutdown hand-back, a second delivery,
+a lost lease, an orphaned job) checkable in seconds.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from model import load_model
+from worker import runner
+from worker.jobs import FileJobStore, JobRecord, JobStore, RedisJobStore, utcnow
+from worker.runner import JobContext, initial_progress, requeue_orphans, run_job
+from worker.settings import WorkerSettings
+from worker.storage import StoreLayout, new_id
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_available() -> bool:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+    return True
+
+
+@pytest.fixture(params=["files", "redis"])
+def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "files":
+        yield FileJobStore(tmp_path / "jobs")
+        return
+    if not redis_available():
+        pytest.skip(f"no Redis server at {REDIS_URL}")
+    namespace = f"w2vtest-{uuid.uuid4().hex[:12]}"
+    store = RedisJobStore(REDIS_URL, namespace)
+    try:
+        yield store
+    finally:
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(f"{namespace}:*"))
+        if keys:
+            r.delete(*keys)
+        store.close()
+
+
+def record(job_id: str | None = None, **kw: Any) -> JobRecord:
+    values: dict[str, Any] = {
+        "job_id": job_id or new_id(),
+        "state": "queued",
+        "corpus_id": new_id(),
+        "corpus_file": "x.txt",
+        "config": {"epochs": 2},
+        "device": "cpu",
+        "queue": "cpu",
+        "target_model_id": new_id(),
+        "created_at": utcnow(),
+        **kw,
+    }
+    return JobRecord(**values)
+
+
+# ------------------------------------------------------------------------------------ job records
+
+
+def test_create_get_list_delete(jobs: JobStore) -> None:
+    a = record(name="a")
+    jobs.create(a)
+    time.sleep(0.01)
+    b = record(state="running")
+    jobs.create(b)
+    assert jobs.get(a.job_id) == a
+    assert jobs.get(new_id()) is None
+    assert [r.job_id for r in jobs.list()] == [b.job_id, a.job_id]
+    assert [r.job_id for r in jobs.list(state="running")] == [b.job_id]
+    assert [r.job_id for r in jobs.list(limit=1)] == [b.job_id]
+    jobs.delete(a.job_id)
+    assert jobs.get(a.job_id) is None
+    assert [r.job_id for r in jobs.list()] == [b.job_id]
+
+
+def test_transition_is_a_compare_and_set(jobs: JobStore) -> None:
+    rec = record()
+    jobs.create(rec)
+    assert jobs.transition(rec.job_id, {"running"}, state="failed") is None
+    moved = jobs.transition(rec.job_id, {"queued"}, state="running", started_at="t0")
+    assert moved is not None and moved.state == "running" and moved.started_at == "t0"
+    assert jobs.transition(rec.job_id, {"queued"}, state="cancelled") is None
+    assert jobs.transition(new_id(), {"queued"}, state="running") is None
+    jobs.update(rec.job_id, progress={"epoch": 1})
+    got = jobs.get(rec.job_id)
+    assert got is not None and got.progress == {"epoch": 1} and got.state == "running"
+
+
+def test_transition_can_require_that_nobody_holds_the_lease(jobs: JobStore) -> None:
+    rec = record(state="running")
+    jobs.create(rec)
+    assert jobs.acquire_lease(rec.job_id, "w1", 30)
+    assert jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued") is None
+    jobs.release_lease(rec.job_id, "w1")
+    assert jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued") is not None
+
+
+def test_lease_is_exclusive_renewable_and_expires(jobs: JobStore) -> None:
+    rec = record()
+    jobs.create(rec)
+    assert jobs.acquire_lease(rec.job_id, "w1", 0.5)
+    assert not jobs.acquire_lease(rec.job_id, "w2", 0.5)
+    assert jobs.lease_holder(rec.job_id) == "w1"
+    assert jobs.renew_lease(rec.job_id, "w1", 0.5)
+    assert not jobs.renew_lease(rec.job_id, "w2", 0.5)
+    jobs.release_lease(rec.job_id, "w2")  # not the holder: no effect
+    assert jobs.lease_holder(rec.job_id) == "w1"
+    time.sleep(0.7)
+    assert jobs.lease_holder(rec.job_id) is None
+    assert not jobs.renew_lease(rec.job_id, "w1", 0.5)  # lapsed: the holder has lost it
+    assert jobs.acquire_lease(rec.job_id, "w2", 5)
+
+
+def test_cancel_flag_and_attempts(jobs: JobStore) -> None:
+    rec = record()
+    jobs.create(rec)
+    assert not jobs.cancel_requested(rec.job_id)
+    assert jobs.incr_attempts(rec.job_id) == 1
+    assert jobs.incr_attempts(rec.job_id) == 2
+    jobs.transition(rec.job_id, {"queued"}, cancel_requested=True)
+    assert jobs.cancel_requested(rec.job_id)
+    got = jobs.get(rec.job_id)
+    assert got is not None and got.attempts == 2
+
+
+def test_idempotency_keys(jobs: JobStore) -> None:
+    assert jobs.lookup_idempotency_key("k") is None
+    assert jobs.reserve_idempotency_key("k", "job1", "fp1") is None
+    assert jobs.reserve_idempotency_key("k", "job2", "fp2") == ("job1", "fp1")
+    assert jobs.lookup_idempotency_key("k") == ("job1", "fp1")
+    jobs.release_idempotency_key("k", "job2")  # not its owner
+    assert jobs.lookup_idempotency_key("k") == ("job1", "fp1")
+    jobs.release_idempotency_key("k", "job1")
+    assert jobs.lookup_idempotency_key("k") is None
+
+
+def test_concurrent_reservations_bind_one_job(jobs: JobStore) -> None:
+    winners: list[tuple[str, str] | None] = []
+    lock = threading.Lock()
+
+    def reserve(i: int) -> None:
+        result = jobs.reserve_idempotency_key("race", f"job{i}", "fp")
+        with lock:
+            winners.append(result)
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert winners.count(None) == 1
+    bound = jobs.lookup_idempotency_key("race")
+    assert bound is not None and all(w in (None, bound) for w in winners)
+
+
+# ------------------------------------------------------------------------------------ run_job
+
+
+def synthetic_corpus(path: Path, lines: int, seed: int = 0) -> None:
+    """Sentences over a small vocabulary with topical structure, so training has something to learn."""
+    rng = random.Random(seed)
+    topics = [[f"t{t}w{i}" for i in range(12)] for t in range(6)]
+    with path.open("w", encoding="utf-8") as fh:
+        for _ in range(lines):
+            topic = rng.choice(topics)
+            fh.write(" ".join(rng.choice(topic) for _ in range(rng.randint(6, 14))) + "\n")
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> StoreLayout:
+    layout = StoreLayout.at(tmp_path / "store")
+    layout.ensure()
+    return layout
+
+
+@pytest.fixture
+def ctx(layout: StoreLayout) -> JobContext:
+    settings = WorkerSettings(store=layout.root, lease_ttl_s=2, progress_interval_s=0.2)
+    requeued: list[JobRecord] = []
+    context = JobContext(settings, layout, FileJobStore(layout.jobs), requeued.append)
+    context.requeued = requeued  # type: ignore[attr-defined]
+    return context
+
+
+def submit(ctx: JobContext, lines: int = 300, name: str | None = None, **config: Any) -> JobRecord:
+    corpus_id = new_id()
+    synthetic_corpus(ctx.layout.corpora / f"{corpus_id}.txt", lines)
+    cfg = {"vector_size": 16, "epochs": 3, "min_count": 1, "seed": 3, **config}
+    rec = record(
+        corpus_id=corpus_id,
+        corpus_file=f"{corpus_id}.txt",
+        config=cfg,
+        name=name,
+        progress=initial_progress(cfg["epochs"]),
+    )
+    ctx.jobs.create(rec)
+    return rec
+
+
+def state(ctx: JobContext, job_id: str) -> JobRecord:
+    rec = ctx.jobs.get(job_id)
+    assert rec is not None
+    return rec
+
+
+def when_running(
+    ctx: JobContext, job_id: str, action: Any, min_epoch: int = 1, timeout: float = 60
+) -> threading.Thread:
+    """Do `action` from another thread once the job reports progress in `min_epoch` or later."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rec = ctx.jobs.get(job_id)
+            if rec and rec.state == "running" and (rec.progress or {}).get("epoch", 0) >= min_epoch:
+                action()
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_job_succeeds_and_saves_the_model(ctx: JobContext) -> None:
+    rec = submit(ctx, name="ok")
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    done = state(ctx, rec.job_id)
+    assert done.state == "succeeded" and done.model_id == rec.target_model_id and done.error is None
+    assert done.attempts == 1 and done.started_at and done.finished_at
+    assert done.progress is not None and done.progress["epoch"] == done.progress["epochs"] == 3
+    assert done.progress["words_done"] == done.progress["words_total"] > 0
+    model = load_model(ctx.layout.model_dir(rec.target_model_id))
+    assert model.meta["job_id"] == rec.job_id and model.meta["corpus_id"] == rec.corpus_id
+    assert model.meta["name"] == "ok" and model.meta["source"] == "trained"
+    assert model.meta["config"]["vector_size"] == 16 and len(model.vectors) == 72
+    assert not ctx.layout.checkpoint_dir(rec.job_id).exists()
+    assert ctx.jobs.lease_holder(rec.job_id) is None
+    # A second delivery of the same message does nothing.
+    assert run_job(ctx, rec.job_id) == "already succeeded"
+
+
+def test_unknown_job_message_is_dropped(ctx: JobContext) -> None:
+    assert run_job(ctx, new_id()) == "unknown"
+
+
+def test_bad_input_fails_with_the_reason(ctx: JobContext) -> None:
+    rec = submit(ctx, min_count=1_000_000)
+    assert run_job(ctx, rec.job_id) == "failed"
+    failed = state(ctx, rec.job_id)
+    assert failed.state == "failed" and "min_count" in (failed.error or "")
+
+    rec = submit(ctx)
+    (ctx.layout.corpora / rec.corpus_file).unlink()
+    assert run_job(ctx, rec.job_id) == "failed"
+    assert "deleted" in (state(ctx, rec.job_id).error or "")
+
+
+def test_cancel_before_start(ctx: JobContext) -> None:
+    rec = submit(ctx)
+    ctx.jobs.transition(rec.job_id, {"queued"}, state="cancelled", cancel_requested=True)
+    assert run_job(ctx, rec.job_id) == "already cancelled"
+    assert not ctx.layout.model_dir(rec.target_model_id).exists()
+
+
+def test_cancel_while_running_stops_between_batches(ctx: JobContext) -> None:
+    rec = submit(ctx, lines=20_000, epochs=100)
+    when_running(ctx, rec.job_id, lambda: ctx.jobs.update(rec.job_id, cancel_requested=True))
+    started = time.monotonic()
+    assert run_job(ctx, rec.job_id) == "cancelled"
+    assert time.monotonic() - started < 30
+    done = state(ctx, rec.job_id)
+    assert done.state == "cancelled" and done.finished_at and done.model_id is None
+    assert not ctx.layout.model_dir(rec.target_model_id).exists()
+    assert not ctx.layout.checkpoint_dir(rec.job_id).exists()
+
+
+def test_time_limit_fails_the_job(ctx: JobContext) -> None:
+    ctx.settings = ctx.settings.model_copy(update={"job_time_limit_s": 0.5})
+    rec = submit(ctx, lines=20_000, epochs=100)
+    assert run_job(ctx, rec.job_id) == "failed (time limit)"
+    assert "time limit" in (state(ctx, rec.job_id).error or "")
+
+
+def test_retry_cap(ctx: JobContext) -> None:
+    rec = submit(ctx)
+    ctx.jobs.update(rec.job_id, attempts=ctx.settings.max_attempts, state="running")
+    assert run_job(ctx, rec.job_id) == "gave up"
+    failed = state(ctx, rec.job_id)
+    assert failed.state == "failed" and f"after {ctx.settings.max_attempts} attempts" in (failed.error or "")
+
+
+def test_model_saved_by_an_earlier_attempt_is_adopted(ctx: JobContext) -> None:
+    first = submit(ctx)
+    assert run_job(ctx, first.job_id) == "succeeded"
+    # A second job whose target directory already holds a complete model (its first attempt
+    # died between saving and recording success).
+    second = submit(ctx)
+    target = ctx.layout.model_dir(second.target_model_id)
+    ctx.layout.model_dir(first.target_model_id).rename(target)
+    ctx.jobs.update(second.job_id, state="running", attempts=1)
+    assert run_job(ctx, second.job_id) == "succeeded (saved by an earlier attempt)"
+    assert state(ctx, second.job_id).model_id == second.target_model_id
+
+
+def test_shutdown_hands_the_job_back_and_it_resumes(ctx: JobContext) -> None:
+    rec = submit(ctx, lines=20_000, epochs=20)
+    when_running(ctx, rec.job_id, runner.shutdown_requested.set, min_epoch=3)
+    try:
+        assert run_job(ctx, rec.job_id) == "re-queued (worker shutting down)"
+    finally:
+        runner.shutdown_requested.clear()
+    back = state(ctx, rec.job_id)
+    assert back.state == "queued" and back.attempts == 0
+    assert [r.job_id for r in ctx.requeued] == [rec.job_id]  # type: ignore[attr-defined]
+    assert ctx.layout.checkpoint_dir(rec.job_id).exists()
+
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    model = load_model(ctx.layout.model_dir(rec.target_model_id))
+    assert model.meta["training"]["resumed_from_epoch"] >= 2
+
+
+def test_a_second_delivery_waits_instead_of_training_in_parallel(ctx: JobContext) -> None:
+    rec = submit(ctx, lines=20_000, epochs=10)
+    outcomes: list[str] = []
+    first = threading.Thread(target=lambda: outcomes.append(run_job(ctx, rec.job_id)))
+    first.start()
+    second: list[str] = []
+    when_running(ctx, rec.job_id, lambda: second.append(run_job(ctx, rec.job_id))).join(timeout=60)
+    # It waited for the first run's lease and found the job finished: no second training run.
+    assert second in (["handled elsewhere"], ["already succeeded"])
+    first.join(timeout=60)
+    assert outcomes == ["succeeded"]
+    assert state(ctx, rec.job_id).attempts == 1
+
+
+def test_a_run_that_lost_its_lease_stops_without_touching_the_job(ctx: JobContext) -> None:
+    rec = submit(ctx, lines=20_000, epochs=100)
+
+    def steal() -> None:
+        holder = ctx.jobs.lease_holder(rec.job_id)
+        assert holder is not None
+        ctx.jobs.release_lease(rec.job_id, holder)
+        assert ctx.jobs.acquire_lease(rec.job_id, "another-worker", 30)
+
+    when_running(ctx, rec.job_id, steal)
+    assert run_job(ctx, rec.job_id) == "abandoned (lease lost)"
+    after = state(ctx, rec.job_id)
+    assert after.state == "running" and after.finished_at is None
+    assert ctx.jobs.lease_holder(rec.job_id) == "another-worker"
+
+
+def test_orphaned_running_jobs_are_requeued(ctx: JobContext) -> None:
+    orphan = submit(ctx)
+    alive = submit(ctx)
+    waiting = submit(ctx)
+    ctx.jobs.update(orphan.job_id, state="running")
+    ctx.jobs.update(alive.job_id, state="running")
+    ctx.jobs.acquire_lease(alive.job_id, "busy-worker", 30)
+    assert requeue_orphans(ctx) == [orphan.job_id]
+    assert state(ctx, orphan.job_id).state == "queued"
+    assert state(ctx, alive.job_id).state == "running"
+    assert state(ctx, waiting.job_id).state == "queued"
+    assert [r.job_id for r in ctx.requeued] == [orphan.job_id]  # type: ignore[attr-defined]
+    assert requeue_orphans(ctx) == []

@@ -1,0 +1,353 @@
+"""Running one training job: from its record to a model in the store.
+
+Kept free of Celery so the lifecycle reads top to bottom: take the job's lease, count the
+attempt, train with progress and a cooperative stop, save the model directory atomically,
+and only then mark the job succeeded. Whatever happens, the lease is given back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from model import (
+    Progress,
+    TrainConfig,
+    TrainingCancelled,
+    W2VError,
+    load_model,
+    save_model,
+    train,
+)
+from model.backend import free_device_memory
+from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, utcnow
+from worker.settings import WorkerSettings
+from worker.storage import StoreLayout
+
+log = logging.getLogger(__name__)
+
+PROGRESS_KEYS = (
+    "epoch",
+    "epochs",
+    "words_done",
+    "words_total",
+    "words_per_sec",
+    "loss",
+    "eta_s",
+    "alpha",
+    "elapsed_s",
+)
+
+# Set from Celery's shutdown signal: a running job hands itself back to the queue instead of
+# holding a terminating worker for hours.
+shutdown_requested = threading.Event()
+
+
+@dataclass
+class JobContext:
+    settings: WorkerSettings
+    layout: StoreLayout
+    jobs: JobStore
+    requeue: Callable[[JobRecord], None]  # sends the job's message again
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def initial_progress(epochs: int) -> dict[str, Any]:
+    return {
+        "epoch": 0,
+        "epochs": epochs,
+        "words_done": 0,
+        "words_total": None,
+        "words_per_sec": None,
+        "loss": None,
+        "eta_s": None,
+    }
+
+
+def progress_dict(p: Progress) -> dict[str, Any]:
+    d = p.to_dict()
+    return {k: d.get(k) for k in PROGRESS_KEYS}
+
+
+class _Lease:
+    """Renews the job's lease from a thread and from the trainer's own calls.
+
+    The thread keeps the lease alive while the trainer is busy outside Python code; the
+    renewals from `should_stop` keep it alive if that thread is starved. If a renewal finds
+    the lease taken by someone else, this run has been declared dead and must stop.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: str, owner: str, ttl_s: float) -> None:
+        self.jobs, self.job_id, self.owner, self.ttl_s = jobs, job_id, owner, ttl_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def renew(self, *, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last < self.ttl_s / 4:
+                return
+            self._last = now
+        try:
+            if not self.jobs.renew_lease(self.job_id, self.owner, self.ttl_s):
+                log.warning("job %s: lease lost; another worker owns the job now", self.job_id)
+                self.lost.set()
+        except Exception:
+            log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            self.renew(force=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.jobs.release_lease(self.job_id, self.owner)
+
+
+class _StopCheck:
+    """`should_stop` for the trainer: cancel flag, time limit, shutdown or lost lease.
+
+    The trainer polls it between batches, possibly from several threads, so the job record
+    is read at most every half second.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: str, deadline: float, lease: _Lease) -> None:
+        self.jobs, self.job_id, self.deadline, self.lease = jobs, job_id, deadline, lease
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+        self._next_read = 0.0
+
+    def __call__(self) -> bool:
+        if self.reason is not None:
+            return True
+        self.lease.renew()
+        now = time.monotonic()
+        reason = None
+        if self.lease.lost.is_set():
+            reason = "lease_lost"
+        elif shutdown_requested.is_set():
+            reason = "shutdown"
+        elif now > self.deadline:
+            reason = "time_limit"
+        else:
+            with self._lock:
+                if now >= self._next_read:
+                    self._next_read = now + 0.5
+                    try:
+                        if self.jobs.cancel_requested(self.job_id):
+                            reason = "cancel"
+                    except Exception:
+                        log.warning("job %s: cannot read the cancel flag", self.job_id, exc_info=True)
+        if reason is not None:
+            self.reason = reason
+            return True
+        return False
+
+
+class _ProgressWriter:
+    """Writes the trainer's progress into the job record, at most once per interval.
+
+    Small corpora finish an epoch every few milliseconds; the record (and every watcher
+    polling it) needs no more than about one update a second. The final state is written
+    with the job's outcome.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: str, min_interval_s: float) -> None:
+        self.jobs, self.job_id, self.min_interval_s = jobs, job_id, min_interval_s
+        self.last: dict[str, Any] | None = None
+        self._written_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def __call__(self, p: Progress) -> None:
+        d = progress_dict(p)
+        with self._lock:
+            self.last = d
+            now = time.monotonic()
+            if now - self._written_at < self.min_interval_s:
+                return
+            self._written_at = now
+        try:
+            self.jobs.update(self.job_id, progress=d)
+        except Exception:
+            log.warning("job %s: progress write failed", self.job_id, exc_info=True)
+
+
+def _wait_for_lease(ctx: JobContext, job_id: str, owner: str) -> bool:
+    """Take the job's lease; if another worker holds it, wait until it finishes or its lease lapses.
+
+    A second delivery of a message whose first run is alive (visibility timeout, or the
+    recovery sweep racing a slow heartbeat) must not start a parallel run.
+    """
+    deadline = time.monotonic() + ctx.settings.job_time_limit_s + ctx.settings.lease_ttl_s
+    while True:
+        if ctx.jobs.acquire_lease(job_id, owner, ctx.settings.lease_ttl_s):
+            return True
+        rec = ctx.jobs.get(job_id)
+        if rec is None or rec.state in TERMINAL or time.monotonic() > deadline:
+            return False
+        time.sleep(min(5.0, ctx.settings.lease_ttl_s / 4))
+
+
+def run_job(ctx: JobContext, job_id: str) -> str:
+    """Run one delivery of a job; returns what became of it (for the log)."""
+    rec = ctx.jobs.get(job_id)
+    if rec is None:
+        log.warning("job %s: no such job record; dropping the message", job_id)
+        return "unknown"
+    if rec.state in TERMINAL:
+        return f"already {rec.state}"
+    owner = owner_id()
+    if not _wait_for_lease(ctx, job_id, owner):
+        return "handled elsewhere"
+    lease = _Lease(ctx.jobs, job_id, owner, ctx.settings.lease_ttl_s)
+    lease.start()
+    try:
+        return _run_owned(ctx, job_id, owner, lease)
+    finally:
+        lease.stop()
+        free_device_memory()
+
+
+def _finish(ctx: JobContext, job_id: str, state: str, **values: Any) -> JobRecord | None:
+    rec = ctx.jobs.transition(job_id, ACTIVE, state=state, finished_at=utcnow(), **values)
+    shutil.rmtree(ctx.layout.checkpoint_dir(job_id), ignore_errors=True)
+    return rec
+
+
+def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
+    current = ctx.jobs.get(job_id)
+    if current is None:
+        return "unknown"
+    if current.state in TERMINAL:  # finished by whoever held the lease before us
+        return f"already {current.state}"
+    attempts = ctx.jobs.incr_attempts(job_id)
+    if attempts > ctx.settings.max_attempts:
+        _finish(
+            ctx,
+            job_id,
+            "failed",
+            error=f"gave up after {ctx.settings.max_attempts} attempts: the worker running it was lost "
+            "each time (killed, out of memory, or shut down)",
+        )
+        return "gave up"
+    started_at = current.started_at or utcnow()
+    rec = ctx.jobs.transition(job_id, ACTIVE, state="running", started_at=started_at, worker=owner)
+    if rec is None:
+        return "cancelled before start"
+    if rec.cancel_requested:
+        _finish(ctx, job_id, "cancelled")
+        return "cancelled"
+
+    model_dir = ctx.layout.model_dir(rec.target_model_id)
+    if model_dir.exists():
+        # An earlier attempt saved the model and died before recording it.
+        with contextlib.suppress(W2VError, OSError):
+            load_model(model_dir, mmap=True, verify=True)
+            _finish(ctx, job_id, "succeeded", model_id=rec.target_model_id)
+            return "succeeded (saved by an earlier attempt)"
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+    device = rec.device if rec.device != "auto" else ctx.settings.device
+    progress = _ProgressWriter(ctx.jobs, job_id, ctx.settings.progress_interval_s)
+    stop = _StopCheck(ctx.jobs, job_id, time.monotonic() + ctx.settings.job_time_limit_s, lease)
+    try:
+        config = TrainConfig.from_dict({**rec.config, "device": device, "threads": ctx.settings.threads})
+        corpus = ctx.layout.corpus_file(rec.corpus_file)
+        if not corpus.is_file():
+            raise FileNotFoundError(f"corpus {rec.corpus_id} was deleted before the job ran")
+        log.info("job %s: training on %s (attempt %d, device %s)", job_id, rec.corpus_id, attempts, device)
+        trained = train(
+            corpus,
+            config,
+            progress=progress,
+            progress_interval=ctx.settings.progress_interval_s,
+            checkpoint_dir=ctx.layout.checkpoint_dir(job_id),
+            should_stop=stop,
+        )
+    except TrainingCancelled:
+        if progress.last is not None:
+            ctx.jobs.update(job_id, progress=progress.last)
+        return _stopped(ctx, rec, stop.reason)
+    except (W2VError, FileNotFoundError) as exc:
+        _finish(ctx, job_id, "failed", error=str(exc))
+        return "failed"
+    except Exception as exc:
+        log.exception("job %s: training crashed", job_id)
+        _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        return "failed"
+
+    if lease.lost.is_set():
+        return "abandoned (lease lost)"
+    if ctx.jobs.cancel_requested(job_id):
+        _finish(ctx, job_id, "cancelled")
+        return "cancelled"
+    trained.meta.update(
+        model_id=rec.target_model_id,
+        name=rec.name,
+        job_id=job_id,
+        corpus_id=rec.corpus_id,
+        created_at=utcnow(),
+        source="trained",
+    )
+    try:
+        save_model(model_dir, trained)
+    except FileExistsError:
+        log.info("job %s: model %s was saved by a concurrent delivery", job_id, rec.target_model_id)
+    final = progress.last or initial_progress(config.epochs)
+    _finish(ctx, job_id, "succeeded", model_id=rec.target_model_id, progress=final)
+    log.info("job %s: model %s saved", job_id, rec.target_model_id)
+    return "succeeded"
+
+
+def _stopped(ctx: JobContext, rec: JobRecord, reason: str | None) -> str:
+    job_id = rec.job_id
+    if reason == "cancel":
+        _finish(ctx, job_id, "cancelled")
+        return "cancelled"
+    if reason == "time_limit":
+        _finish(ctx, job_id, "failed", error=f"exceeded the time limit of {ctx.settings.job_time_limit_s:g} s")
+        return "failed (time limit)"
+    if reason == "shutdown":
+        # Hand the job back with its checkpoints; the attempt is not held against it.
+        back = ctx.jobs.transition(job_id, {"running"}, state="queued", attempts=max(0, rec.attempts - 1))
+        if back is not None:
+            ctx.requeue(back)
+        return "re-queued (worker shutting down)"
+    return "abandoned (lease lost)"
+
+
+def requeue_orphans(ctx: JobContext) -> list[str]:
+    """Put back on the queue every running job whose worker stopped renewing its lease.
+
+    Covers a worker killed outright: Redis would re-deliver its message only after the
+    visibility timeout (hours), and the filesystem transport never would.
+    """
+    requeued = []
+    for rec in ctx.jobs.list(state="running", limit=10_000):
+        back = ctx.jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued")
+        if back is not None:
+            log.warning("job %s: its worker is gone; re-queued to resume from its last checkpoint", rec.job_id)
+            ctx.requeue(back)
+            requeued.append(rec.job_id)
+    return requeued

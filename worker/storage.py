@@ -1,0 +1,89 @@
+"""Layout of the store directory that the API and the workers share.
+
+Every name under the store that comes from a request is a server-issued id checked against
+`ID_PATTERN`, so a path built from one can never leave its folder.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ID_PATTERN = r"^[0-9a-f]{32}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_id(value: str) -> bool:
+    return bool(_ID_RE.fullmatch(value))
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> StoreLayout:
+        return cls(Path(root).expanduser().resolve())
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def corpora(self) -> Path:
+        return self.root / "corpora"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "evaluations"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queue"
+
+    def ensure(self) -> None:
+        for folder in (self.models, self.corpora, self.jobs, self.checkpoints, self.evaluations, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.models / _checked(model_id)
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        return self.checkpoints / _checked(job_id)
+
+    def corpus_meta(self, corpus_id: str) -> Path:
+        return self.corpora / f"{_checked(corpus_id)}.json"
+
+    def corpus_file(self, filename: str) -> Path:
+        """The data file of a corpus, by the name its metadata records (`<id>.txt[.gz|.bz2]`)."""
+        stem = filename.split(".", 1)[0]
+        if not is_id(stem) or filename not in {f"{stem}.txt", f"{stem}.txt.gz", f"{stem}.txt.bz2"}:
+            raise ValueError(f"not a corpus file name: {filename!r}")
+        return self.corpora / filename
+
+    def evaluation_file(self, model_id: str) -> Path:
+        return self.evaluations / f"{_checked(model_id)}.json"
+
+
+def _checked(value: str) -> str:
+    if not is_id(value):
+        raise ValueError(f"not a valid id: {value!r}")
+    return value

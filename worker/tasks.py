@@ -1,0 +1,75 @@
+"""Celery tasks: thin wrappers that hand a job id to `worker.runner`.
+
+Messages carry ids only (JSON), never arrays; everything else is read from the job record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, Task, shared_task, signals
+
+from worker.celery_app import TASK_TRAIN
+from worker.jobs import JobRecord, open_job_store
+from worker.runner import JobContext, requeue_orphans, run_job, shutdown_requested
+from worker.settings import WorkerSettings
+from worker.storage import StoreLayout
+
+log = logging.getLogger(__name__)
+
+_contexts: dict[int, JobContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def job_context(app: Celery) -> JobContext:
+    """One job-store connection per Celery app in this process."""
+    with _contexts_lock:
+        ctx = _contexts.get(id(app))
+        if ctx is None:
+            settings: WorkerSettings = getattr(app, "w2v_settings", None) or WorkerSettings()
+            layout = StoreLayout.at(settings.store)
+            layout.ensure()
+
+            def requeue(rec: JobRecord) -> None:
+                app.send_task(TASK_TRAIN, args=[rec.job_id], queue=rec.queue)
+
+            ctx = JobContext(settings, layout, open_job_store(settings, layout), requeue)
+            _contexts[id(app)] = ctx
+        return ctx
+
+
+@shared_task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def train_job(self: Task, job_id: str) -> str:
+    outcome = run_job(job_context(self.app), job_id)
+    log.info("job %s: %s", job_id, outcome)
+    return outcome
+
+
+def _sweep_forever(app: Celery, stop: threading.Event) -> None:
+    ctx = job_context(app)
+    while True:
+        try:
+            requeue_orphans(ctx)
+        except Exception:
+            log.warning("orphaned-job sweep failed", exc_info=True)
+        if stop.wait(ctx.settings.sweep_interval_s):
+            return
+
+
+_sweeper_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    threading.Thread(target=_sweep_forever, args=(app, _sweeper_stop), name="w2v-sweeper", daemon=True).start()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    shutdown_requested.set()
+    _sweeper_stop.set()
