@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.corpus import EncodedCorpus
+from model.corpus import SPILL_AFTER_TOKENS, EncodedCorpus, TokenSink
 from model.errors import EmptyVocabularyError
 
 
@@ -60,15 +60,32 @@ def build_vocab(encoded: EncodedCorpus, *, min_count: int, max_vocab: int | None
     return vocab, order
 
 
-def apply_vocab(encoded: EncodedCorpus, source_ids: np.ndarray) -> TrainingCorpus:
+def apply_vocab(encoded: EncodedCorpus, source_ids: np.ndarray, *, chunk: int = 1 << 24) -> TrainingCorpus:
+    """Re-encode to vocabulary ids, dropping out-of-vocabulary words.
+
+    Works through the token stream in chunks so the temporaries stay small even when the
+    stream is a memory-mapped corpus larger than RAM.
+    """
     remap = np.full(len(encoded.words), -1, dtype=np.int32)
     remap[source_ids] = np.arange(source_ids.size, dtype=np.int32)
-    ids = remap[encoded.tokens]
-    keep = ids >= 0
-    sentence_of = np.repeat(np.arange(encoded.lengths.size), encoded.lengths)
-    kept_lengths = np.bincount(sentence_of[keep], minlength=encoded.lengths.size)
-    offsets = np.zeros(encoded.lengths.size + 1, dtype=np.int64)
-    np.cumsum(kept_lengths, out=offsets[1:])
     raw_offsets = np.zeros(encoded.lengths.size + 1, dtype=np.int64)
     np.cumsum(encoded.lengths, out=raw_offsets[1:])
-    return TrainingCorpus(tokens=np.ascontiguousarray(ids[keep]), offsets=offsets, raw_offsets=raw_offsets)
+    offsets = np.empty_like(raw_offsets)
+    sink = TokenSink(spill_after=SPILL_AFTER_TOKENS)
+    kept_before = 0
+    n = encoded.n_words
+    for a in range(0, max(n, 1), chunk):
+        b = min(a + chunk, n)
+        ids = remap[encoded.tokens[a:b]]
+        keep = ids >= 0
+        # Kept tokens before each sentence start that falls in [a, b): a prefix sum lookup.
+        prefix = np.zeros(b - a + 1, dtype=np.int64)
+        np.cumsum(keep, out=prefix[1:])
+        lo, hi = np.searchsorted(raw_offsets, [a, b], side="left")
+        offsets[lo:hi] = kept_before + prefix[raw_offsets[lo:hi] - a]
+        kept_before += int(prefix[-1])
+        sink.append(ids[keep])
+    # Sentences that start at the very end (trailing empty lines) and the final boundary.
+    tail = np.searchsorted(raw_offsets, n, side="left")
+    offsets[tail:] = kept_before
+    return TrainingCorpus(tokens=sink.finish(), offsets=offsets, raw_offsets=raw_offsets)
