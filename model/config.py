@@ -41,7 +41,7 @@ class TrainConfig:
     batch_words: int | None = None  # words per unit of work; None: the engine's default
     threads: int = 0  # 0: one per CPU core
     device: str = "cpu"
-    engine: str = "auto"  # hogwild (compiled per-word SGD, CPU) or minibatch (array ops, NumPy/CuPy)
+    engine: str = "auto"  # hogwild (per-word SGD: Numba on CPU, a CUDA kernel on GPU) or minibatch (array ops)
     seed: int = 1
     lowercase: bool = False
     checkpoint_every: int = 1  # epochs between checkpoints when a checkpoint dir is given; 0: never

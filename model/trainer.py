@@ -4,8 +4,9 @@
 engines that implement the same algorithm (word2vec.c's): random window shrink, frequent
 word subsampling, unigram^0.75 negatives, linear learning-rate decay.
 
-- "hogwild": compiled per-word SGD on CPU threads sharing the weights (model/cpu_kernel.py).
-- "minibatch": array operations on NumPy or CuPy (model/minibatch.py), the GPU path.
+- "hogwild": per-word SGD on shared weights: Numba-compiled CPU threads (model/cpu_kernel.py)
+  or one CUDA warp per sentence (model/cuda_kernel.py).
+- "minibatch": the network as array operations on NumPy or CuPy (model/minibatch.py, layers.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.config import Progress, TrainConfig
 from model.corpus import Source, encode
 from model.cpu_kernel import train_cbow_job
-from model.errors import ParameterError, TrainingCancelled
+from model.errors import TrainingCancelled
 from model.sampling import AliasSampler, keep_thresholds
 from model.store import Model
 from model.vectors import Vectors
@@ -199,12 +200,25 @@ def _hogwild_epoch(
         raise TrainingCancelled("training was cancelled")
 
 
-def _resolve_engine(cfg: TrainConfig, device: str) -> str:
-    if cfg.engine == "auto":
-        return "hogwild" if device == "cpu" else "minibatch"
-    if cfg.engine == "hogwild" and device != "cpu":
-        raise ParameterError("engine='hogwild' runs on the CPU only; use engine='minibatch' or 'auto' for CUDA")
-    return cfg.engine
+class _Engine(Protocol):
+    """An engine that keeps its own (device) copy of the weights between epochs."""
+
+    def run_epoch(self, epoch: int, tracker: _Tracker, should_stop: Callable[[], bool] | None) -> None: ...
+    def sync_to_host(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _device_engine(run: _Run, engine: str, device: str) -> _Engine | None:
+    """None for the CPU Hogwild engine, which trains the host arrays in place."""
+    if engine == "hogwild" and device == "cpu":
+        return None
+    if engine == "hogwild":
+        from model.cuda_kernel import CudaHogwildEngine
+
+        return CudaHogwildEngine(run, device)
+    from model.minibatch import MinibatchEngine
+
+    return MinibatchEngine(run, device)
 
 
 def train(
@@ -219,7 +233,7 @@ def train(
     """Train CBOW negative-sampling vectors on `corpus` (a text file path or token lists)."""
     cfg = (config or TrainConfig()).validate()
     device = resolve_device(cfg.device)
-    engine = _resolve_engine(cfg, device)
+    engine = "hogwild" if cfg.engine == "auto" else cfg.engine
     threads = cfg.threads or os.cpu_count() or 1
     t0 = time.perf_counter()
 
@@ -259,30 +273,30 @@ def train(
         threads=threads,
     )
     tracker = _Tracker(cfg, tc.n_raw_words, progress, progress_interval, start_epoch)
-    if engine == "minibatch":
-        from model.minibatch import MinibatchEngine
-
-        mb = MinibatchEngine(run, device)
-    for epoch in range(start_epoch, cfg.epochs):
-        tracker.start_epoch(epoch)
-        if engine == "hogwild":
-            _hogwild_epoch(run, epoch, tracker, should_stop)
-        else:
-            mb.run_epoch(epoch, tracker, should_stop)
-        epoch_losses.append(tracker.epoch_loss())
-        tracker.report(force=True)
-        done = epoch + 1
-        if ckpt_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.epochs:
-            if engine == "minibatch":
-                mb.sync_to_host()
-            save_checkpoint(
-                ckpt_dir,
-                Checkpoint(fingerprint, done, run.syn0, run.syn1neg,
-                           prior_elapsed + time.perf_counter() - t0, epoch_losses),
-            )
-    if engine == "minibatch":
-        mb.sync_to_host()
-        mb.close()
+    dev = _device_engine(run, engine, device)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            tracker.start_epoch(epoch)
+            if dev is None:
+                _hogwild_epoch(run, epoch, tracker, should_stop)
+            else:
+                dev.run_epoch(epoch, tracker, should_stop)
+            epoch_losses.append(tracker.epoch_loss())
+            tracker.report(force=True)
+            done = epoch + 1
+            if ckpt_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.epochs:
+                if dev is not None:
+                    dev.sync_to_host()
+                save_checkpoint(
+                    ckpt_dir,
+                    Checkpoint(fingerprint, done, run.syn0, run.syn1neg,
+                               prior_elapsed + time.perf_counter() - t0, epoch_losses),
+                )
+        if dev is not None:
+            dev.sync_to_host()
+    finally:
+        if dev is not None:
+            dev.close()
 
     seconds = prior_elapsed + time.perf_counter() - t0
     trained_raw = tc.n_raw_words * (cfg.epochs - start_epoch)

@@ -32,3 +32,20 @@ def lee_text(tmp_path_factory: pytest.TempPathFactory, lee_sentences: list[list[
     path = tmp_path_factory.mktemp("corpus") / "lee.txt"
     path.write_text("".join(" ".join(s) + "\n" for s in lee_sentences), encoding="utf-8")
     return path
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.cuda.runtime.getDeviceCount() > 0)
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _gpu_available():
+        skip = pytest.mark.skip(reason="needs CuPy and a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine should do, in one call: GPU tests, then the GPU benchmark.
+#
+# Prepare here (the GPU machine reaches no package registry; it has CuPy, NumPy, Numba and
+# pytest, not gensim):
+#   bash bench/gpu_wheels.sh                     # gensim + smart_open wheels into .whl/
+#   .venv/bin/python bench/corpora.py            # bench/data/enwiki-sample.txt
+# Then run, with the device tool, from the repository root:
+#   command: bash bench/gpu.sh   carry: [".whl", "bench/data/enwiki-sample.txt"]
+# and copy the table it prints into bench/RESULTS.md.
+set -euo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__)"
+python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log"

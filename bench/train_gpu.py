@@ -1,0 +1,112 @@
+"""GPU training throughput and quality, beside gensim on the same corpus and settings.
+
+Meant for a machine with a CUDA GPU (see bench/gpu.sh). Builds a corpus of at least
+`--words` words by repeating gensim's Wikipedia sample, trains on the GPU with each engine,
+trains gensim on the CPU cores, and scores all models with the same evaluator. Prints a
+table and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = dict(vector_size=100, window=5, negative=5, min_count=5, sample=1e-3, epochs=5)
+
+
+def _scores(words: list[str], matrix: Any) -> dict[str, float]:
+    from bench.corpora import gensim_data
+    from model import Vectors, evaluate_analogies, evaluate_word_pairs
+
+    v = Vectors(words, matrix)
+    return {
+        "analogy": evaluate_analogies(v, gensim_data("questions-words.txt")).accuracy * 100,
+        "ws353": evaluate_word_pairs(v, gensim_data("wordsim353.tsv")).spearman,
+        "simlex": evaluate_word_pairs(v, gensim_data("simlex999.txt")).spearman,
+    }
+
+
+def ours(corpus: Path, engine: str, epochs: int) -> dict[str, Any]:
+    import cupy as cp
+    import numpy as np
+
+    from model import TrainConfig, train
+
+    pool = cp.get_default_memory_pool()
+    peak = [0]
+
+    def watch(_: Any) -> None:
+        peak[0] = max(peak[0], pool.total_bytes())
+
+    t0 = time.perf_counter()
+    m = train(corpus, TrainConfig(device="cuda", engine=engine, **{**SETTINGS, "epochs": epochs}),  # type: ignore[arg-type]
+              progress=watch, progress_interval=0.5)
+    seconds = time.perf_counter() - t0
+    t = m.meta["training"]
+    return {
+        "tool": f"ours-cuda-{engine}", "epochs": epochs, "seconds": seconds,
+        "train_words_per_sec": t["words_per_sec"],
+        "words_per_sec": m.meta["corpus"]["raw_words"] * epochs / seconds,
+        "peak_gpu_mb": peak[0] / 2**20, "final_loss": t["final_loss"],
+        **_scores(m.vectors.words, np.asarray(m.vectors.vectors)),
+    }
+
+
+def gensim_cpu(corpus: Path, workers: int) -> dict[str, Any]:
+    from gensim.models import Word2Vec
+
+    t0 = time.perf_counter()
+    g = Word2Vec(corpus_file=str(corpus), sg=0, hs=0, seed=1, workers=workers, **SETTINGS)
+    seconds = time.perf_counter() - t0
+    return {
+        "tool": f"gensim-cpu-{workers}", "epochs": SETTINGS["epochs"], "seconds": seconds,
+        "words_per_sec": g.corpus_total_words * SETTINGS["epochs"] / seconds,
+        **_scores(list(g.wv.index_to_key), g.wv.vectors),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--words", type=int, default=50_000_000)
+    parser.add_argument("--engines", nargs="+", default=["hogwild", "minibatch"])
+    parser.add_argument("--minibatch-epochs", type=int, default=1, help="the array engine is slower: fewer epochs")
+    parser.add_argument("--gensim-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-gensim", action="store_true")
+    args = parser.parse_args()
+
+    import cupy as cp
+
+    from bench.corpora import DATA_DIR, repeated
+
+    corpus = repeated(DATA_DIR / "enwiki-sample.txt", args.words)
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    # Compile the kernels outside the timed runs.
+    small = repeated(DATA_DIR / "enwiki-sample.txt", 1, DATA_DIR / "warmup.txt")
+    for engine in args.engines:
+        ours(small, engine, 1)
+
+    runs = [ours(corpus, e, SETTINGS["epochs"] if e == "hogwild" else args.minibatch_epochs) for e in args.engines]
+    if not args.no_gensim:
+        runs.append(gensim_cpu(corpus, args.gensim_workers))
+    print(f"{device}; corpus {corpus.name}; settings {SETTINGS}")
+    print(f"{'tool':<22}{'epochs':>7}{'words/s':>14}{'seconds':>9}{'GPU MB':>8}"
+          f"{'analogy %':>11}{'WS353':>8}{'SimLex':>8}")
+    for r in runs:
+        print(f"{r['tool']:<22}{r['epochs']:>7}{r['words_per_sec']:>14,.0f}{r['seconds']:>9.1f}"
+              f"{r.get('peak_gpu_mb', 0):>8.0f}{r['analogy']:>11.2f}{r['ws353']:>8.3f}{r['simlex']:>8.3f}")
+    print(json.dumps({"benchmark": "train_gpu", "device": device, "corpus": corpus.name,
+                      "settings": SETTINGS, "host": platform.node(), "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()

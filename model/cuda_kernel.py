@@ -1,0 +1,240 @@
+"""Per-word CBOW negative-sampling SGD on a CUDA GPU (the algorithm of `cpu_kernel.py`).
+
+One warp trains one sentence at a time, word after word as word2vec.c does, its 32 lanes
+splitting the vector dimensions; thousands of warps train different sentences at once on
+shared weights (Hogwild, as BlazingText does on GPUs). Random numbers come from a hash of
+(seed, sentence, position, purpose) rather than a sequential generator, so lanes agree on
+every draw without communicating and a launch's draws do not depend on scheduling.
+
+The token stream, the sampling tables and both weight matrices stay on the device for the
+whole job; the host launches one kernel per slice of the corpus and reads back two numbers
+(loss, trained words) per slice, for progress and cancellation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model.backend import array_module, free_device_memory
+from model.errors import TrainingCancelled
+
+if TYPE_CHECKING:
+    from model.trainer import _Run, _Tracker
+
+# word2vec.c's MAX_SENTENCE_LENGTH: longer sentences are trained as consecutive pieces,
+# which also keeps a warp's compacted sentence in shared memory.
+MAX_GPU_SENTENCE = 1000
+WORDS_PER_LAUNCH = 4_000_000  # ~0.2 s at 20 M words/s: progress and cancel stay responsive
+SHARED_MEMORY_BYTES = 48 * 1024
+
+CUDA_SOURCE = r"""
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ unsigned long long draw(unsigned long long base, long long pos, int purpose) {
+    return mix64(base ^ mix64(((unsigned long long)pos << 8) | (unsigned long long)purpose));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(FULL_MASK, v, off);
+    return v;
+}
+
+extern "C" __global__ void cbow_hogwild(
+    float* __restrict__ syn0, float* __restrict__ syn1neg,
+    const int* __restrict__ tokens, const long long* __restrict__ offsets,
+    const long long s_begin, const long long s_end,
+    const unsigned long long* __restrict__ keep_threshold,
+    const float* __restrict__ alias_accept, const int* __restrict__ alias_index,
+    const int n_vocab, const int dim, const int window, const int negative, const int max_len,
+    const float alpha_start, const float alpha_end, const long long words_begin, const long long launch_words,
+    const unsigned long long seed,
+    double* __restrict__ loss_out, unsigned long long* __restrict__ trained_out)
+{
+    extern __shared__ unsigned char smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps_per_block = blockDim.x >> 5;
+    const size_t per_warp = (size_t)max_len * sizeof(int) + 2 * (size_t)dim * sizeof(float);
+    unsigned char* mine = smem + per_warp * warp;
+    int* buf = (int*)mine;
+    float* neu1 = (float*)(mine + (size_t)max_len * sizeof(int));
+    float* neu1e = neu1 + dim;
+
+    double loss = 0.0;
+    unsigned long long trained = 0;
+    const long long n_warps = (long long)gridDim.x * warps_per_block;
+    for (long long s = s_begin + (long long)blockIdx.x * warps_per_block + warp; s < s_end; s += n_warps) {
+        const long long start = offsets[s];
+        const long long stop = offsets[s + 1];
+        const unsigned long long base = mix64(seed ^ mix64((unsigned long long)s));
+        const float alpha =
+            alpha_start + (alpha_end - alpha_start) * (float)(start - words_begin) / (float)launch_words;
+
+        // Subsample 32 words at a time and compact the survivors into buf (order kept).
+        int length = 0;
+        for (long long i0 = start; i0 < stop; i0 += 32) {
+            const long long i = i0 + lane;
+            int w = -1;
+            bool keep = false;
+            if (i < stop) {
+                w = tokens[i];
+                keep = keep_threshold[w] > (draw(base, i - start, 0) >> 32);
+            }
+            const unsigned ballot = __ballot_sync(FULL_MASK, keep);
+            if (keep) buf[length + __popc(ballot & ((1u << lane) - 1u))] = w;
+            length += __popc(ballot);
+        }
+        __syncwarp();
+
+        for (int pos = 0; pos < length; pos++) {
+            const int word = buf[pos];
+            const int reduced = (int)((draw(base, pos, 1) >> 33) % (unsigned long long)window);
+            int lo = pos - window + reduced;
+            int hi = pos + window - reduced;
+            if (lo < 0) lo = 0;
+            if (hi > length - 1) hi = length - 1;
+            const int cw = hi - lo;  // every position in [lo, hi] but pos itself
+            if (cw <= 0) continue;
+            const float inv = 1.0f / (float)cw;
+            for (int k = lane; k < dim; k += 32) {
+                float acc = 0.0f;
+                for (int c = lo; c <= hi; c++)
+                    if (c != pos) acc += syn0[(size_t)buf[c] * dim + k];
+                neu1[k] = acc * inv;
+                neu1e[k] = 0.0f;
+            }
+            for (int d = 0; d <= negative; d++) {
+                int target;
+                float label;
+                if (d == 0) {
+                    target = word;
+                    label = 1.0f;
+                } else {
+                    const unsigned long long r = draw(base, pos, 2 + d);
+                    const int j = (int)(((r >> 32) * (unsigned long long)n_vocab) >> 32);
+                    const float coin = (float)(r & 0xffffffffULL) * 2.3283064365386963e-10f;
+                    target = coin < alias_accept[j] ? j : alias_index[j];
+                    if (target == word) continue;
+                    label = 0.0f;
+                }
+                float* out = syn1neg + (size_t)target * dim;
+                float part = 0.0f;
+                for (int k = lane; k < dim; k += 32) part += neu1[k] * out[k];
+                const float f = warp_sum(part);
+                float sig, log_sig;
+                if (f >= 0.0f) {
+                    const float e = __expf(-f);
+                    sig = 1.0f / (1.0f + e);
+                    log_sig = -log1pf(e);
+                } else {
+                    const float e = __expf(f);
+                    sig = e / (1.0f + e);
+                    log_sig = f - log1pf(e);
+                }
+                if (lane == 0) loss -= label > 0.0f ? log_sig : (log_sig - f);
+                const float g = (label - sig) * alpha;
+                for (int k = lane; k < dim; k += 32) {
+                    neu1e[k] += g * out[k];
+                    out[k] += g * neu1[k];
+                }
+            }
+            // word2vec.c applies the full error to every context word.
+            for (int c = lo; c <= hi; c++) {
+                if (c == pos) continue;
+                float* in = syn0 + (size_t)buf[c] * dim;
+                for (int k = lane; k < dim; k += 32) in[k] += neu1e[k];
+            }
+            trained++;
+        }
+        __syncwarp();  // buf is rewritten by the next sentence
+    }
+    if (lane == 0) {
+        atomicAdd(loss_out, loss);
+        atomicAdd(trained_out, trained);
+    }
+}
+"""
+
+
+def split_sentences(offsets: np.ndarray, max_len: int = MAX_GPU_SENTENCE) -> np.ndarray:
+    """Sentence boundaries with every sentence longer than `max_len` cut into pieces."""
+    lengths = np.diff(offsets)
+    pieces = np.maximum(1, -(-lengths // max_len))
+    starts = np.repeat(offsets[:-1], pieces)
+    within = np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    starts = starts + within * max_len
+    return np.append(starts, offsets[-1]).astype(np.int64)
+
+
+class CudaHogwildEngine:
+    def __init__(self, run: _Run, device: str):
+        self.run = run
+        cp = self.cp = array_module(device)
+        cfg = run.cfg
+        self.dim = cfg.vector_size
+        self.W_in = cp.asarray(run.syn0)
+        self.W_out = cp.asarray(run.syn1neg)
+        self.tokens = cp.asarray(run.corpus.tokens)
+        self.host_offsets = split_sentences(run.corpus.offsets)
+        self.offsets = cp.asarray(self.host_offsets)
+        self.keep = cp.asarray(run.keep)
+        self.accept = cp.asarray(run.sampler.accept)
+        self.alias = cp.asarray(run.sampler.alias)
+        self.kernel = cp.RawKernel(CUDA_SOURCE, "cbow_hogwild", options=("-O3",))
+        per_warp = MAX_GPU_SENTENCE * 4 + 2 * self.dim * 4
+        self.warps = max(1, min(8, SHARED_MEMORY_BYTES // per_warp))
+        self.shared = per_warp * self.warps
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        # Enough warps to fill every SM several times over; each loops over many sentences.
+        self.blocks = int(props["multiProcessorCount"]) * max(1, 32 // self.warps) * 4
+        self.loss = cp.zeros(1, dtype=cp.float64)
+        self.trained = cp.zeros(1, dtype=cp.uint64)
+
+    def run_epoch(self, epoch: int, tracker: _Tracker, should_stop: Callable[[], bool] | None) -> None:
+        from model.trainer import job_seed
+
+        run, cfg = self.run, self.run.cfg
+        offsets = self.host_offsets
+        n_sent = offsets.size - 1
+        raw_per_word = run.corpus.n_raw_words / max(run.corpus.n_words, 1)
+        targets = np.arange(WORDS_PER_LAUNCH, offsets[-1], WORDS_PER_LAUNCH)
+        cuts = np.unique(np.concatenate(([0], np.searchsorted(offsets, targets), [n_sent])))
+        raw_reported = 0
+        for launch, (s0, s1) in enumerate(itertools.pairwise(cuts)):
+            w0, w1 = int(offsets[s0]), int(offsets[s1])
+            a0, a1 = run.alpha_at(epoch, w0), run.alpha_at(epoch, w1)
+            self.loss.fill(0)
+            self.trained.fill(0)
+            args: tuple[Any, ...] = (
+                self.W_in, self.W_out, self.tokens, self.offsets, np.int64(s0), np.int64(s1), self.keep,
+                self.accept, self.alias, np.int32(self.accept.size), np.int32(self.dim), np.int32(cfg.window),
+                np.int32(cfg.negative), np.int32(MAX_GPU_SENTENCE), np.float32(a0), np.float32(a1),
+                np.int64(w0), np.int64(max(w1 - w0, 1)), np.uint64(job_seed(cfg.seed, epoch, launch)),
+                self.loss, self.trained,
+            )
+            self.kernel((self.blocks,), (32 * self.warps,), args, shared_mem=self.shared)
+            raw = run.corpus.n_raw_words if s1 == n_sent else round(w1 * raw_per_word)
+            tracker.add(raw - raw_reported, int(self.trained.get()[0]), float(self.loss.get()[0]), a1)
+            raw_reported = raw
+            tracker.report()
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("training was cancelled")
+
+    def sync_to_host(self) -> None:
+        self.run.syn0[...] = self.W_in.get()
+        self.run.syn1neg[...] = self.W_out.get()
+
+    def close(self) -> None:
+        del self.W_in, self.W_out, self.tokens, self.offsets
+        free_device_memory()
