@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,6 +33,23 @@ class _Query:
     restrict_vocab: int | None
     method: Method
     future: Future[Hits] = field(default_factory=Future)
+
+
+def limit_blas_threads(threads: int) -> Callable[[], None]:
+    """Cap the BLAS threads of this process; returns the undo.
+
+    A search is one matrix-vector product over the whole vocabulary, bound by memory
+    bandwidth: a second BLAS thread shortens it a little but spins a core while it waits, and
+    a server answers many searches at once. Measured on 2 cores (100k x 100 model): 9.2 ms of
+    CPU per /similar with 2 threads, 6.0 ms with 1; at 200 requests/s offered, 66 answered per
+    second with 2 threads, 129 with 1.
+    """
+    if threads <= 0:
+        return lambda: None
+    from threadpoolctl import threadpool_limits
+
+    limiter = threadpool_limits(limits=threads, user_api="blas")
+    return limiter.restore_original_limits
 
 
 class QueryBatcher:

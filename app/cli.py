@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -97,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     supervisor = None
     if not args.no_worker:
         env = {**os.environ, "W2V_STORE": str(settings.store), PARENT_PID_ENV: str(os.getpid())}
+        env.setdefault("W2V_NICE", "10")  # the worker shares this host with the API: queries come first
         argv = [sys.executable, "-m", "app.cli", "worker", "--store", str(settings.store)]
         if settings.broker_url:
             argv += ["--broker", settings.broker_url]
@@ -123,6 +125,41 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _claim_gpu(folder: Path) -> None:
+    """Hold one of the host's GPUs for the life of this process (see worker.gpu_slots)."""
+    from celery import signals
+
+    from worker.gpu_slots import GPUSlotError, claim_gpu_slot, slot_devices, visible_gpu_count
+
+    try:
+        devices = slot_devices(visible_gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        slot = claim_gpu_slot(folder, devices)
+    except GPUSlotError as exc:
+        raise model_cli.CLIError(str(exc)) from None
+    os.environ["CUDA_VISIBLE_DEVICES"] = slot.device
+    _held_slots.append(slot)  # the open lock file is the claim: keep it for the life of the process
+
+    def announce(**_: Any) -> None:  # logging is set up only once the worker starts
+        log.info("using GPU %s (claimed through %s)", slot.device, slot.path)
+
+    signals.worker_ready.connect(announce, weak=False)
+
+
+_held_slots: list[Any] = []
+
+
+def _log_json() -> None:
+    from celery import signals
+
+    from worker.joblog import apply_format
+
+    def to_json(logger: logging.Logger, **_: Any) -> None:
+        apply_format(logger, "json")
+
+    # Celery installs its own handlers while the worker starts; the format is put on them then.
+    signals.after_setup_logger.connect(to_json, weak=False)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import QUEUES, create_celery
     from worker.settings import WorkerSettings
@@ -133,7 +170,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise model_cli.CLIError(f"--queues takes a comma-separated subset of {','.join(QUEUES)}, got {args.queues!r}")
     settings = _settings(WorkerSettings, store=args.store, broker_url=args.broker, device=args.device)
     settings = settings.model_copy(update={"store": settings.store.expanduser().resolve()})
+    if settings.gpu_slots_dir is not None and settings.device == "cuda":
+        _claim_gpu(settings.gpu_slots_dir.expanduser())
     app = create_celery(settings)
+    if settings.log_format == "json":
+        _log_json()
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and parent.isdigit():
         _exit_with_parent(int(parent))

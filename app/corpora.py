@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, cast
 
+from app.auth import Owner, owned_by
 from worker.jobs import utcnow
 from worker.storage import StoreLayout, is_id, new_id
 
@@ -72,7 +73,13 @@ class CorpusStore:
         self.layout = layout
 
     def ingest(
-        self, tmp: Path, *, filename: str | None = None, name: str | None = None, inline: bool = False
+        self,
+        tmp: Path,
+        *,
+        filename: str | None = None,
+        name: str | None = None,
+        inline: bool = False,
+        owner: Owner = None,
     ) -> dict[str, Any]:
         """Adopt an uploaded temporary file as a new corpus; blocking (reads the whole file)."""
         try:
@@ -100,6 +107,7 @@ class CorpusStore:
             "name": name,
             "inline": inline,
             "created_at": utcnow(),
+            "owner": owner,
         }
         meta_path = self.layout.corpus_meta(corpus_id)
         staging = meta_path.with_name(f".{meta_path.name}.tmp")
@@ -107,35 +115,45 @@ class CorpusStore:
         os.replace(staging, meta_path)
         return meta
 
-    def ingest_text(self, text: str, *, name: str | None = None) -> dict[str, Any]:
+    def ingest_text(self, text: str, *, name: str | None = None, owner: Owner = None) -> dict[str, Any]:
         tmp = self.layout.tmp / f"inline-{new_id()}.part"
         tmp.write_bytes(text.encode("utf-8"))
-        return self.ingest(tmp, name=name, inline=True)
+        return self.ingest(tmp, name=name, inline=True, owner=owner)
 
-    def get(self, corpus_id: str) -> dict[str, Any]:
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """A corpus's metadata, or None if it is missing, unreadable or not a plain file of the store."""
+        if not self.layout.is_plain_file(path):
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def get(self, corpus_id: str, owner: Owner = None) -> dict[str, Any]:
         if not is_id(corpus_id):
             raise CorpusNotFound(corpus_id)
-        try:
-            data: dict[str, Any] = json.loads(self.layout.corpus_meta(corpus_id).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise CorpusNotFound(corpus_id) from exc
+        data = self._read(self.layout.corpus_meta(corpus_id))
+        if data is None or not owned_by(data, owner):
+            raise CorpusNotFound(corpus_id)
         return data
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, owner: Owner = None) -> list[dict[str, Any]]:
         out = []
         for path in self.layout.corpora.glob("*.json"):
             if not is_id(path.stem):
                 continue
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                out.append(json.loads(path.read_text(encoding="utf-8")))
+            data = self._read(path)
+            if data is not None and owned_by(data, owner):
+                out.append(data)
         out.sort(key=lambda m: (m.get("created_at", ""), m.get("id", "")), reverse=True)
         return out
 
-    def path(self, corpus_id: str) -> Path:
-        return self.layout.corpus_file(self.get(corpus_id)["file"])
+    def path(self, corpus_id: str, owner: Owner = None) -> Path:
+        return self.layout.corpus_file(self.get(corpus_id, owner)["file"])
 
-    def delete(self, corpus_id: str) -> None:
-        meta = self.get(corpus_id)
+    def delete(self, corpus_id: str, owner: Owner = None) -> None:
+        meta = self.get(corpus_id, owner)
         # Metadata first: from that moment the corpus is gone for every reader.
         self.layout.corpus_meta(corpus_id).unlink(missing_ok=True)
         self.layout.corpus_file(meta["file"]).unlink(missing_ok=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
+import math
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
+from app.auth import Owner
 from app.corpora import CorpusStore
 from app.modelstore import ModelStore
 from app.services import Services
@@ -46,22 +47,43 @@ JobsDep = Annotated[JobStore, Depends(get_jobs)]
 
 
 async def require_api_key(request: Request, services: ServicesDep) -> None:
-    """With API keys configured, every request must present one (Bearer token or X-API-Key)."""
-    keys = services.settings.api_keys
-    if not keys:
+    """With API keys configured, every request must present one (Bearer token or X-API-Key).
+
+    The key's owner id goes on `request.state.owner` for the endpoints (None with keys off);
+    each key is held to its rate limit here, before any endpoint work.
+    """
+    request.state.owner = None
+    if not services.keys.enabled:
         return
     supplied = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
     if supplied is None and auth.lower().startswith("bearer "):
         supplied = auth[7:].strip()
-    if supplied:
-        given = supplied.encode()
-        # Every key is compared, in constant time, so timing does not reveal which prefix matched.
-        matches = [secrets.compare_digest(given, key.encode()) for key in keys]
-        if any(matches):
-            return
-    raise HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        detail="missing or invalid API key",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    owner = services.keys.owner_of(supplied) if supplied else None
+    if owner is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or invalid API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    wait = services.rate_limiter.acquire(owner)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"rate limit of {services.settings.rate_limit_per_s:g} requests/s for this API key exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    request.state.owner = owner
+
+
+async def get_owner(request: Request, _: Annotated[None, Depends(require_api_key)]) -> Owner:
+    """Who is asking: the owner id of the request's API key, None when keys are off.
+
+    It depends on the key check itself (run once per request, however many ask), so an
+    endpoint that knows its caller can never skip the check.
+    """
+    owner: Owner = getattr(request.state, "owner", None)
+    return owner
+
+
+OwnerDep = Annotated[Owner, Depends(get_owner)]

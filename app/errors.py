@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis
 from fastapi import FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.corpora import CorpusNotFound, InvalidCorpus
@@ -45,6 +50,48 @@ def _unprocessable(message: str, loc: list[str | int] | None = None) -> JSONResp
     )
 
 
+def _encodable(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8 (lone surrogates become U+FFFD)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    return value
+
+
+def _scrub_paths(request: Request, message: str) -> str:
+    """Library messages name files by path; a client needs to know which file, not where the store lives."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return message
+    root = re.escape(str(services.layout.root))
+    message = re.sub(root + r"/tmp/upload-[0-9a-f]{32}\.part", "the uploaded file", message)
+    return re.sub(root + "/", "", message)
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
+
+
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Methods the API documents for `path`, from its OpenAPI paths (templates as regexes)."""
+    patterns: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allowed_methods", None)
+    if patterns is None:
+        patterns = [
+            (
+                re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"),
+                {m.upper() for m in operations if m in _HTTP_METHODS},
+            )
+            for template, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allowed_methods = patterns
+    matching = [(pattern, found) for pattern, found in patterns if pattern.match(path)]
+    # A literal path (/models/import) is a resource of its own, not an instance of /models/{model_id}.
+    literal = [found for pattern, found in matching if "[^/]+" not in pattern.pattern]
+    return set().union(*(literal or [found for _, found in matching]))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def unknown_word(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, UnknownWordError)
@@ -59,8 +106,8 @@ def install_error_handlers(app: FastAPI) -> None:
         m = re.match(r"^([a-z_]+) must", message)
         return _unprocessable(message, [m.group(1)] if m else None)
 
-    async def bad_file(_: Request, exc: Exception) -> JSONResponse:
-        return _unprocessable(str(exc), ["body"])
+    async def bad_file(request: Request, exc: Exception) -> JSONResponse:
+        return _unprocessable(_scrub_paths(request, str(exc)), ["body"])
 
     async def store_down(_: Request, exc: Exception) -> JSONResponse:
         return _detail(
@@ -68,10 +115,33 @@ def install_error_handlers(app: FastAPI) -> None:
             f"the job store (Redis) is unreachable, try again shortly: {type(exc).__name__}: {exc}",
         )
 
-    async def damaged(_: Request, exc: Exception) -> JSONResponse:
-        return _detail(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc))
+    async def damaged(request: Request, exc: Exception) -> JSONResponse:
+        return _detail(status.HTTP_500_INTERNAL_SERVER_ERROR, _scrub_paths(request, str(exc)))
 
-    handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette's Allow names only the first route that matched the path; a path served by
+            # several routes (GET and POST /corpora) supports the union of their methods.
+            methods = _allowed_methods(request.app, request.url.path)
+            if methods:
+                exc = StarletteHTTPException(
+                    exc.status_code, exc.detail, headers={**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+                )
+        return await http_exception_handler(request, exc)
+
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # FastAPI's own handler echoes the offending input, and a lone surrogate from a JSON
+        # escape ("\\ud800") cannot be encoded as UTF-8: the 422 became a 500.
+        return JSONResponse(
+            {"detail": _encodable(jsonable_encoder(exc.errors()))},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+        StarletteHTTPException: http_error,
+        RequestValidationError: invalid_request,
         UnknownWordError: unknown_word,
         ModelNotFound: not_found,
         ModelDamaged: damaged,

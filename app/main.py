@@ -10,9 +10,11 @@ from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from starlette.types import Scope
 
+from app.batching import limit_blas_threads
 from app.deps import require_api_key
 from app.errors import BodySizeLimit, install_error_handlers
-from app.routers import corpora, health, models, query, train
+from app.metrics import AppMetrics, RequestMetrics
+from app.routers import corpora, docs, health, metrics, models, query, train, web
 from app.services import Services, open_services
 from app.settings import Settings, get_settings
 
@@ -47,10 +49,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = _resolve_settings(app)
     services: Services = await run_in_threadpool(open_services, settings)
     app.state.services = services
+    restore_blas = limit_blas_threads(settings.query_blas_threads)
     log.info("store %s, broker %s", services.layout.root, settings.broker_url or "filesystem (embedded)")
     try:
         yield
     finally:
+        restore_blas()
         await run_in_threadpool(services.close)
 
 
@@ -60,14 +64,28 @@ def _request_limit(scope: Scope) -> int:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="word2vec service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # The OpenAPI document and its viewers are served by app/routers/docs.py, behind the keys.
+    app = FastAPI(
+        title="word2vec service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
+    # Added last, so outermost: it also counts and times what the inner middleware answers (413s).
+    app.state.metrics = AppMetrics(lambda: getattr(app.state, "services", None))
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     protected = [Depends(require_api_key)]
-    for module in (corpora, train, models, query):
+    for module in (corpora, train, models, query, metrics, docs):
         app.include_router(module.router, dependencies=protected)
     return app
 

@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.auth import Owner, owned_by
 from app.batching import QueryBatcher
 from model import Model, ModelFormatError, load_model
-from model.store import read_meta
+from model.store import META_FILE, VECTORS_FILE, VOCAB_FILE, read_meta
 from worker.storage import StoreLayout, is_id, new_id
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,8 @@ class ModelStore:
         with self._lock:
             if key == self._listing_key:
                 return self._listing
-        ids = [
-            e.name
-            for e in os.scandir(self.layout.models)
-            if is_id(e.name) and e.is_dir() and (Path(e.path) / "meta.json").is_file()
-        ]
+        # Staging directories of saves in progress (or killed mid-way) are dot-names, never ids.
+        ids = [e.name for e in os.scandir(self.layout.models) if is_id(e.name) and self.exists(e.name)]
         metas = {}
         for model_id in ids:
             with contextlib.suppress(ModelFormatError, OSError):
@@ -95,11 +93,34 @@ class ModelStore:
                 self._meta.pop(gone, None)
         return ordered
 
-    def ids(self) -> list[str]:
-        return list(self._scan())
+    def ids(self, owner: Owner = None) -> list[str]:
+        """Ids of the models `owner` may see, newest first."""
+        return [model_id for model_id in self._scan() if self._visible(model_id, owner)]
 
     def exists(self, model_id: str) -> bool:
-        return is_id(model_id) and (self.layout.model_dir(model_id) / "meta.json").is_file()
+        if not is_id(model_id):
+            return False
+        path = self.layout.model_dir(model_id)
+        return self.layout.is_plain_dir(path) and self.layout.is_plain_file(path / META_FILE)
+
+    def _visible(self, model_id: str, owner: Owner) -> bool:
+        if owner is None:
+            return True
+        try:
+            return owned_by(self.meta(model_id), owner)
+        except (ModelNotFound, ModelFormatError, OSError):
+            return False
+
+    def check(self, model_id: str, owner: Owner = None) -> dict[str, Any]:
+        """The metadata of a model `owner` may see; ModelNotFound otherwise (whoever else owns it)."""
+        try:
+            meta = self.meta(model_id)
+        except (ModelFormatError, OSError) as exc:
+            # A model directory that cannot be read is as good as absent to the caller.
+            raise ModelNotFound(model_id) from exc
+        if not owned_by(meta, owner):
+            raise ModelNotFound(model_id)
+        return meta
 
     def meta(self, model_id: str) -> dict[str, Any]:
         """The model's meta.json plus its id; model directories never change once written."""
@@ -123,6 +144,8 @@ class ModelStore:
 
     def evaluations(self, model_id: str) -> list[dict[str, Any]]:
         path = self.layout.evaluation_file(model_id)
+        if not self.layout.is_plain_file(path):
+            return []
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
@@ -137,29 +160,31 @@ class ModelStore:
             tmp.write_text(json.dumps(entries), encoding="utf-8")
             os.replace(tmp, path)
 
-    def resolve(self, model_id: str | None) -> str:
-        """An explicit id that exists, or the newest model when none is given."""
+    def resolve(self, model_id: str | None, owner: Owner = None) -> str:
+        """An explicit id that exists (and `owner` may see), or the newest such model when none is given."""
         if model_id is not None:
-            if not self.exists(model_id):
+            if not self.exists(model_id) or not self._visible(model_id, owner):
                 raise ModelNotFound(model_id)
             return model_id
         ids = self._scan()
         for candidate in ids:
-            if self.exists(candidate):
+            if self.exists(candidate) and self._visible(candidate, owner):
                 return candidate
         raise ModelNotFound(None)
 
     # -------------------------------------------------------------- loaded models
 
-    def cached(self, model_id: str | None) -> LoadedModel | None:
+    def cached(self, model_id: str | None, owner: Owner = None) -> LoadedModel | None:
         """A loaded model without touching anything slow (for the event loop), or None."""
         try:
             if model_id is None:
                 listing = self._listing_if_current()
                 if not listing:  # changed since the last look: rescanning is the slow path's job
                     return None
-                model_id = listing[0]
-            resolved = self.resolve(model_id)
+                model_id = next((m for m in listing if self._visible(m, owner)), None)
+                if model_id is None:
+                    return None
+            resolved = self.resolve(model_id, owner)
         except (ModelNotFound, OSError):
             return None
         with self._lock:
@@ -168,9 +193,9 @@ class ModelStore:
                 self._cache.move_to_end(resolved)
         return loaded
 
-    def get(self, model_id: str | None) -> LoadedModel:
+    def get(self, model_id: str | None, owner: Owner = None) -> LoadedModel:
         """Load (memory-mapped, checksum-verified) on first use; blocking."""
-        resolved = self.resolve(model_id)
+        resolved = self.resolve(model_id, owner)
         with self._lock:
             loaded = self._cache.get(resolved)
             if loaded is not None:
@@ -183,6 +208,8 @@ class ModelStore:
             if loaded is not None:
                 return loaded
             path = self.layout.model_dir(resolved)
+            if not all(self.layout.is_plain_file(path / name) for name in (VECTORS_FILE, VOCAB_FILE)):
+                raise ModelNotFound(resolved)
             try:
                 model = load_model(path, mmap=True, verify=True)
             except FileNotFoundError as exc:
@@ -203,6 +230,11 @@ class ModelStore:
             log.info("loaded model %s (%d words)", resolved, len(model.vectors))
             return loaded
 
+    def loaded_count(self) -> int:
+        """How many models this process holds in memory (for /metrics)."""
+        with self._lock:
+            return len(self._cache)
+
     def drop(self, model_id: str) -> None:
         with self._lock:
             loaded = self._cache.pop(model_id, None)
@@ -211,9 +243,8 @@ class ModelStore:
         if loaded is not None:
             loaded.batcher.close()
 
-    def delete(self, model_id: str) -> None:
-        if not self.exists(model_id):
-            raise ModelNotFound(model_id)
+    def delete(self, model_id: str, owner: Owner = None) -> None:
+        self.check(model_id, owner)
         path = self.layout.model_dir(model_id)
         # Renamed away first, so no reader ever sees a half-deleted model.
         trash = self.layout.tmp / f"deleted-{model_id}-{new_id()}"

@@ -8,7 +8,8 @@ is queued. Defaults are the trainer's own.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, cast
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -17,19 +18,45 @@ from worker.storage import ID_PATTERN
 
 _D = TrainConfig()
 
-Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+# A reference to a server-issued id (32 hex digits). Anything else is simply not found (404),
+# the same answer as for an id in a path, rather than a 422 that would tell ids and junk apart.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+ID_HINT = f"(server-issued, {ID_PATTERN})"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 Device = Literal["cpu", "cuda", "auto"]
 Engine = Literal["auto", "hogwild", "minibatch"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
 StrictInt = Annotated[int, Field(strict=True)]
 
 
-class TrainCreate(BaseModel):
+def _takes_int(annotation: Any) -> bool:
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return any(o is int or (get_origin(o) is Annotated and get_args(o)[0] is int) for o in options)
+
+
+class JsonBody(BaseModel):
+    """A request body whose integer fields take what JSON Schema calls an integer.
+
+    The OpenAPI schema says "integer", and JSON Schema counts 1.0 as one; strict parsing
+    (which keeps refusing "100" and true) would call it a float. Converted here, before field
+    validation, so the published schema keeps its plain minimum/maximum bounds.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        ints = {name for name, f in cls.model_fields.items() if _takes_int(f.annotation)}
+        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
+
+
+class TrainCreate(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
-    corpus_id: Id | None = Field(None, description="A corpus uploaded with POST /corpora.")
+    corpus_id: Id | None = Field(None, description=f"A corpus uploaded with POST /corpora {ID_HINT}.")
     text: str | None = Field(
         None, min_length=1, description="A small corpus inline instead of corpus_id: one sentence per line."
     )
@@ -163,20 +190,14 @@ class DoesntMatchPublic(BaseModel):
 class BatchQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    positive: list[Word] = Field(default_factory=list, max_length=100)
+    positive: list[Word] = Field(min_length=1, max_length=100, description="At least one word.")
     negative: list[Word] = Field(default_factory=list, max_length=100)
 
-    @model_validator(mode="after")
-    def _check(self) -> BatchQuery:
-        if not self.positive:
-            raise ValueError("a query needs at least one 'positive' word")
-        return self
 
-
-class SimilarBatchCreate(BaseModel):
+class SimilarBatchCreate(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
-    model: Id | None = Field(None, description="Model id; omitted: the newest model.")
+    model: Id | None = Field(None, description=f"Model id {ID_HINT}; omitted: the newest model.")
     queries: list[Word | BatchQuery] = Field(
         min_length=1, max_length=1000, description="Words, or {'positive': [...], 'negative': [...]} objects."
     )
@@ -205,3 +226,27 @@ class HealthPublic(BaseModel):
 class ReadinessPublic(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+
+
+class ErrorPublic(BaseModel):
+    """Every error body: `detail` says what went wrong (a list of field errors for 422s)."""
+
+    detail: str | list[dict[str, Any]]
+    unknown_words: list[str] | None = Field(None, description="With a 404 for words not in the vocabulary.")
+
+
+_ERRORS = {
+    400: "The body cannot be decoded (not UTF-8 JSON).",
+    401: "No valid API key (only when API keys are configured).",
+    404: "No such id (or it belongs to another API key), or words not in the vocabulary.",
+    409: "The request conflicts with the resource's state.",
+    413: "The body is over its size limit.",
+    422: "A parameter or the body is invalid; `detail` names the field.",
+    429: "Over this API key's rate limit or job cap; see Retry-After.",
+    503: "The job store or broker is unreachable; try again shortly.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers an operation can give, all shaped as ErrorPublic."""
+    return {code: {"model": ErrorPublic, "description": _ERRORS[code]} for code in codes}

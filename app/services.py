@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.auth import KeyRing, RateLimiter
 from app.corpora import CorpusStore
 from app.modelstore import ModelStore
 from app.settings import Settings
@@ -20,6 +21,8 @@ class Services:
     corpora: CorpusStore
     jobs: JobStore
     celery: W2VCelery
+    keys: KeyRing
+    rate_limiter: RateLimiter
 
     def close(self) -> None:
         self.models.close()
@@ -37,4 +40,6 @@ def open_services(settings: Settings) -> Services:
         corpora=CorpusStore(layout),
         jobs=open_job_store(settings, layout),
         celery=create_celery(settings),
+        keys=KeyRing(settings.api_keys),
+        rate_limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from worker.settings import WorkerSettings
@@ -26,10 +27,38 @@ class Settings(WorkerSettings):
         default=2 * MiB, ge=1024, description="Largest body of any other request (JSON); larger is a 413."
     )
     model_cache_size: int = Field(default=4, ge=1, le=1000, description="Models kept loaded in memory.")
+    query_blas_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="BLAS threads the API process searches with (0: the library's default, one per core). "
+        "One keeps concurrent searches from spinning every core; see app/batching.py.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="If set (comma-separated), every endpoint except health checks needs one of these keys "
         "as 'Authorization: Bearer <key>' or 'X-API-Key'.",
+    )
+
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of API keys, one per line ('#' starts a comment); added to api_keys. "
+        "Read at start-up, so a key can be kept out of the environment.",
+    )
+    rate_limit_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second each API key may make on average (per API process); 0: no limit. "
+        "Only applies when API keys are configured.",
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests a key may make at once before the rate limit applies."
+    )
+    max_active_jobs_per_key: int = Field(
+        default=4,
+        ge=0,
+        description="Queued plus running training jobs each API key may have; 0: no limit. "
+        "Only applies when API keys are configured.",
     )
 
     @field_validator("api_keys", mode="before")
@@ -38,6 +67,20 @@ class Settings(WorkerSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _read_keys_file(self) -> Settings:
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                # A configured but unreadable keys file must stop start-up: running open instead would be silent.
+                raise ValueError(f"api_keys_file {str(self.api_keys_file)!r} cannot be read: {exc}") from exc
+            from_file = [k for line in lines if (k := line.split("#", 1)[0].strip())]
+            if not from_file:
+                raise ValueError(f"api_keys_file {str(self.api_keys_file)!r} holds no keys")
+            self.api_keys = list(dict.fromkeys([*self.api_keys, *from_file]))
+        return self
 
 
 @lru_cache

@@ -40,7 +40,10 @@ def too_large(limit: int) -> HTTPException:
 
 
 def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
+    # Shaped like FastAPI's own validation errors, so every 422 parses the same way.
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": ["body"], "msg": message, "type": "value_error"}]
+    )
 
 
 async def receive_upload(request: Request, tmp_dir: Path, max_bytes: int, *, field_name: str = "file") -> Upload:

@@ -1,10 +1,18 @@
-"""Shared fixtures: small real corpora shipped with gensim (a dev dependency)."""
+"""Shared fixtures: small real corpora shipped with gensim (a dev dependency), and the
+process and Redis fixtures of the end-to-end and fault tests."""
 
 from __future__ import annotations
 
+import gzip
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.test_service_e2e import Processes
 
 
 def gensim_data(name: str) -> Path:
@@ -49,3 +57,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------- processes and Redis (e2e, faults)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Child processes of one test (API, workers), each killed with its group afterwards."""
+    from tests.test_service_e2e import Processes
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = Processes(logs)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        print(procs.dump_logs())  # pytest shows captured output only when the test failed
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    """A key namespace of the test's own on the shared Redis, deleted afterwards."""
+    import redis
+
+    from tests.test_service_e2e import REDIS_URL
+
+    r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        r.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis server at {REDIS_URL}")
+    namespace = f"w2ve2e-{uuid.uuid4().hex[:12]}"
+    try:
+        yield namespace
+    finally:
+        keys = list(r.scan_iter(f"{namespace}:*"))
+        if keys:
+            r.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def corpus_gz(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """gensim's lee_background corpus, eight times over (about 0.5 M words), gzipped."""
+    from gensim.test.utils import datapath
+
+    text = Path(datapath("lee_background.cor")).read_bytes().rstrip(b"\n") + b"\n"
+    return gzip.compress(text * 8)

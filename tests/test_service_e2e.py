@@ -13,7 +13,6 @@ Every process is started in its own session and killed with its group in teardow
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import signal
@@ -21,15 +20,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from model import Vectors, load_model
 
@@ -80,47 +77,10 @@ class Processes:
         return "\n".join(parts)
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = Processes(logs)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
-        print(procs.dump_logs())  # pytest shows captured output only when the test failed
-
-
 def clean_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("W2V_")}
     env.update(values)
     return env
-
-
-@pytest.fixture
-def redis_namespace() -> Iterator[str]:
-    r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        r.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis server at {REDIS_URL}")
-    namespace = f"w2ve2e-{uuid.uuid4().hex[:12]}"
-    try:
-        yield namespace
-    finally:
-        keys = list(r.scan_iter(f"{namespace}:*"))
-        if keys:
-            r.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def corpus_gz(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """gensim's lee_background corpus, eight times over (about 0.5 M words), gzipped."""
-    from gensim.test.utils import datapath
-
-    text = Path(datapath("lee_background.cor")).read_bytes().rstrip(b"\n") + b"\n"
-    return gzip.compress(text * 8)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -261,6 +221,17 @@ def test_killed_worker_job_resumes_from_checkpoint(
         first.wait(timeout=10)
         assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
 
+        # Twice: the second worker is killed too once it has resumed and trained further.
+        second = processes.start("worker", worker_argv, env)
+
+        def resumed_further() -> bool:
+            job = client.get(f"/jobs/{job_id}").json()
+            assert job["state"] in ("queued", "running"), job
+            return bool(job["state"] == "running" and job["attempts"] == 2 and job["progress"]["epoch"] >= 10)
+
+        wait_until(resumed_further, 120, "the resumed job to reach epoch 10")
+        Processes.kill(second)
+        second.wait(timeout=10)
         processes.start("worker", worker_argv, env)
 
         def finished() -> dict[str, Any] | None:
@@ -269,10 +240,13 @@ def test_killed_worker_job_resumes_from_checkpoint(
 
         job = wait_until(finished, 240, "the resumed job to finish", interval=0.5)
         assert job["state"] == "succeeded", job
-        assert job["attempts"] == 2
+        assert job["attempts"] == 3
         meta = load_model(store / "models" / job["model_id"]).meta
-        assert meta["training"]["resumed_from_epoch"] >= 3
+        assert meta["training"]["resumed_from_epoch"] >= 9
         assert not (store / "checkpoints" / job_id).exists()
+        # Exactly one model: no second copy from a redelivery, no staging directory left behind.
+        assert sorted(p.name for p in (store / "models").iterdir()) == [job["model_id"]]
+        assert [m["model_id"] for m in client.get("/models").json()] == [job["model_id"]]
 
 
 def children(pid: int) -> list[int]:

@@ -266,6 +266,7 @@ def test_bad_input_fails_with_the_reason(ctx: JobContext) -> None:
     assert run_job(ctx, rec.job_id) == "failed"
     failed = state(ctx, rec.job_id)
     assert failed.state == "failed" and "min_count" in (failed.error or "")
+    assert (failed.error or "").startswith("empty vocabulary: ")
 
     rec = submit(ctx)
     (ctx.layout.corpora / rec.corpus_file).unlink()
@@ -380,3 +381,38 @@ def test_orphaned_running_jobs_are_requeued(ctx: JobContext) -> None:
     assert state(ctx, waiting.job_id).state == "queued"
     assert [r.job_id for r in ctx.requeued] == [orphan.job_id]  # type: ignore[attr-defined]
     assert requeue_orphans(ctx) == []
+
+
+def test_exclusive_lock_serialises_check_then_act(jobs: JobStore) -> None:
+    """Read-pause-write under the lock from several threads loses no update."""
+    counter = [0]
+
+    def bump() -> None:
+        for _ in range(5):
+            with jobs.exclusive("counter"):
+                seen = counter[0]
+                time.sleep(0.001)
+                counter[0] = seen + 1
+
+    threads = [threading.Thread(target=bump) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counter[0] == 30
+    # Held (by this thread): a second taker gives up after its timeout instead of hanging.
+    with jobs.exclusive("counter"), pytest.raises(TimeoutError), jobs.exclusive("counter", timeout_s=0.2):
+        pass
+
+
+def test_a_save_killed_mid_way_leaves_nothing_for_the_next_attempt(ctx: JobContext) -> None:
+    """A staging directory left by a killed save of this job's model is removed by its next attempt."""
+    rec = submit(ctx)
+    stale = ctx.layout.models / f".{rec.target_model_id}.k1ll3d.tmp"
+    stale.mkdir()
+    (stale / "vectors.npy").write_bytes(b"half a file")
+    other = ctx.layout.models / f".{new_id()}.busy.tmp"  # another job's save in progress: not ours to touch
+    other.mkdir()
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in ctx.layout.models.iterdir()) == sorted([rec.target_model_id, other.name])

@@ -16,7 +16,8 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from worker.settings import WorkerSettings
+from worker.joblog import TEXT_FORMAT, install_record_factory
+from worker.settings import WorkerSettings, check_time_limits
 from worker.storage import StoreLayout
 
 TASK_TRAIN = "w2v.train"
@@ -35,15 +36,13 @@ class W2VCelery(Celery):
 
 
 def hard_time_limit_s(settings: WorkerSettings) -> float:
-    # Our own deadline (checked between batches) fires first and records a clean failure;
-    # this one only catches a task stuck outside the trainer.
-    return settings.job_time_limit_s + 300
+    return settings.hard_time_limit_s
 
 
 def transport_options(settings: WorkerSettings) -> dict[str, Any]:
     if settings.uses_redis:
         return {
-            "visibility_timeout": int(hard_time_limit_s(settings) + 3600),
+            "visibility_timeout": int(settings.effective_visibility_timeout_s),
             "global_keyprefix": f"{settings.namespace}:",
             "socket_connect_timeout": 5,
             "socket_timeout": 10,
@@ -62,6 +61,9 @@ def broker_url(settings: WorkerSettings) -> str:
 
 
 def create_celery(settings: WorkerSettings) -> W2VCelery:
+    # Checked here too: settings changed with model_copy() skip their validators.
+    check_time_limits(settings)
+    install_record_factory()  # the log format below names the `job` field every record must then have
     app = W2VCelery("w2v", set_as_current=False)
     app.w2v_settings = settings
     if not settings.uses_redis and not settings.broker_url:
@@ -88,6 +90,8 @@ def create_celery(settings: WorkerSettings) -> W2VCelery:
         # Broadcast control needs fanout, which only the Redis transport does well.
         worker_enable_remote_control=settings.uses_redis,
         worker_send_task_events=False,
+        # Lines logged while a job runs carry "job=<id>" (see worker.joblog).
+        worker_log_format=TEXT_FORMAT,
         enable_utc=True,
         include=["worker.tasks"],
     )

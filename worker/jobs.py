@@ -64,6 +64,7 @@ class JobRecord:
     cancel_requested: bool = False
     idempotency_key: str | None = None
     worker: str | None = None
+    owner: str | None = None  # SHA-256 of the API key that submitted it (never the key); None: keys off
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +137,10 @@ class JobStore(ABC):
 
     @abstractmethod
     def release_idempotency_key(self, key: str, job_id: str) -> None: ...
+
+    @abstractmethod
+    def exclusive(self, name: str, timeout_s: float = 10.0) -> contextlib.AbstractContextManager[None]:
+        """A lock held across processes (and API replicas) for a short check-then-act step."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -298,6 +303,21 @@ class RedisJobStore(JobStore):
         existing = self.lookup_idempotency_key(key)
         if existing is not None and existing[0] == job_id:
             self._r.delete(self._idem(key))
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, timeout_s: float = 10.0) -> Iterator[None]:
+        key = f"{self._ns}:lock:{hashlib.sha256(name.encode()).hexdigest()}"
+        token = os.urandom(16).hex()
+        deadline = time.monotonic() + timeout_s
+        # The expiry frees the lock if its holder dies; holders keep it for milliseconds.
+        while not self._r.set(key, token, nx=True, px=int(timeout_s * 1000)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lock {name!r} is busy")
+            time.sleep(0.005)
+        try:
+            yield
+        finally:
+            self._release(keys=[key], args=[token])
 
     def ping(self) -> None:
         self._r.ping()
@@ -473,6 +493,25 @@ class FileJobStore(JobStore):
             existing = self.lookup_idempotency_key(key)
             if existing is not None and existing[0] == job_id:
                 self._idem_path(key).unlink()
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, timeout_s: float = 10.0) -> Iterator[None]:
+        # A lock file per name (not the records' own lock, which the step itself takes).
+        path = self._dir / f".lock-{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+        deadline = time.monotonic() + timeout_s
+        with open(path, "a+b") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"lock {name!r} is busy") from None
+                    time.sleep(0.005)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def ping(self) -> None:
         if not os.access(self._dir, os.R_OK | os.W_OK):

@@ -8,6 +8,7 @@ and only then mark the job succeeded. Whatever happens, the lease is given back.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model import (
+    EmptyVocabularyError,
     Progress,
     TrainConfig,
     TrainingCancelled,
@@ -29,6 +31,7 @@ from model import (
     train,
 )
 from model.backend import free_device_memory
+from worker.joblog import job_log_context
 from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, utcnow
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout
@@ -95,7 +98,10 @@ class _Lease:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._last = time.monotonic()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+        # Run in a copy of the caller's context, so the thread's log lines carry the job id too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._loop,), name=f"lease-{job_id[:8]}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -211,6 +217,11 @@ def _wait_for_lease(ctx: JobContext, job_id: str, owner: str) -> bool:
 
 def run_job(ctx: JobContext, job_id: str) -> str:
     """Run one delivery of a job; returns what became of it (for the log)."""
+    with job_log_context(job_id):
+        return _run_delivery(ctx, job_id)
+
+
+def _run_delivery(ctx: JobContext, job_id: str) -> str:
     rec = ctx.jobs.get(job_id)
     if rec is None:
         log.warning("job %s: no such job record; dropping the message", job_id)
@@ -260,6 +271,10 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         return "cancelled"
 
     model_dir = ctx.layout.model_dir(rec.target_model_id)
+    # A save killed mid-way leaves its staging directory behind (never listed as a model); this
+    # run holds the job's lease, so nobody else can be writing to this target now.
+    for stale in ctx.layout.models.glob(f".{rec.target_model_id}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     if model_dir.exists():
         # An earlier attempt saved the model and died before recording it.
         with contextlib.suppress(W2VError, OSError):
@@ -274,7 +289,7 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
     try:
         config = TrainConfig.from_dict({**rec.config, "device": device, "threads": ctx.settings.threads})
         corpus = ctx.layout.corpus_file(rec.corpus_file)
-        if not corpus.is_file():
+        if not ctx.layout.is_plain_file(corpus):  # a symlink planted in the store is not followed
             raise FileNotFoundError(f"corpus {rec.corpus_id} was deleted before the job ran")
         log.info("job %s: training on %s (attempt %d, device %s)", job_id, rec.corpus_id, attempts, device)
         trained = train(
@@ -289,6 +304,9 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         if progress.last is not None:
             ctx.jobs.update(job_id, progress=progress.last)
         return _stopped(ctx, rec, stop.reason)
+    except EmptyVocabularyError as exc:
+        _finish(ctx, job_id, "failed", error=f"empty vocabulary: {exc}")
+        return "failed"
     except (W2VError, FileNotFoundError) as exc:
         _finish(ctx, job_id, "failed", error=str(exc))
         return "failed"
@@ -309,6 +327,7 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         corpus_id=rec.corpus_id,
         created_at=utcnow(),
         source="trained",
+        owner=rec.owner,
     )
     try:
         save_model(model_dir, trained)
@@ -345,9 +364,10 @@ def requeue_orphans(ctx: JobContext) -> list[str]:
     """
     requeued = []
     for rec in ctx.jobs.list(state="running", limit=10_000):
-        back = ctx.jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued")
-        if back is not None:
-            log.warning("job %s: its worker is gone; re-queued to resume from its last checkpoint", rec.job_id)
-            ctx.requeue(back)
-            requeued.append(rec.job_id)
+        with job_log_context(rec.job_id):
+            back = ctx.jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued")
+            if back is not None:
+                log.warning("job %s: its worker is gone; re-queued to resume from its last checkpoint", rec.job_id)
+                ctx.requeue(back)
+                requeued.append(rec.job_id)
     return requeued

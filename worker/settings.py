@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -43,7 +43,64 @@ class WorkerSettings(BaseSettings):
     progress_interval_s: float = Field(default=1.0, gt=0, description="Least time between progress writes.")
     sweep_interval_s: float = Field(default=30.0, gt=0, description="How often a worker re-queues orphaned jobs.")
     threads: int = Field(default=0, ge=0, le=256, description="Training threads per job; 0 means one per core.")
+    nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="CPU priority a worker lowers itself by (as nice(1)): on a host shared with the API, "
+        "training then yields the cores to queries instead of stalling them. `w2v serve` uses 10.",
+    )
+    visibility_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Redis broker: how long an unacknowledged message waits before it is delivered again. "
+        "Must exceed the job time limit plus its grace period (checked at start-up); "
+        "unset: that sum plus an hour.",
+    )
+
+    @property
+    def hard_time_limit_s(self) -> float:
+        """Celery's own kill limit: our deadline (checked between batches) fires first and records
+        a clean failure; this one only catches a task stuck outside the trainer."""
+        return self.job_time_limit_s + HARD_LIMIT_GRACE_S
+
+    @property
+    def effective_visibility_timeout_s(self) -> float:
+        return self.visibility_timeout_s or self.hard_time_limit_s + 3600
+
+    @model_validator(mode="after")
+    def _limit_below_visibility(self) -> WorkerSettings:
+        check_time_limits(self)
+        return self
+
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Worker log lines as text, or as one JSON object per line; both carry the job id.",
+    )
+    gpu_slots_dir: Path | None = Field(
+        default=None,
+        description="With --device cuda: a folder shared by the workers of one host, where each claims a GPU "
+        "of its own (a lock file per GPU), so N replicas spread over N GPUs.",
+    )
 
     @property
     def uses_redis(self) -> bool:
         return bool(self.broker_url) and str(self.broker_url).startswith(("redis://", "rediss://"))
+
+
+HARD_LIMIT_GRACE_S = 300.0
+
+
+def check_time_limits(settings: WorkerSettings) -> None:
+    """Refuse to start when a job could outlive its broker message's visibility timeout.
+
+    Redis hands an unacknowledged message out again once the timeout passes; if a job may run
+    longer, a second worker would start the same job while the first still trains it.
+    """
+    if settings.effective_visibility_timeout_s <= settings.hard_time_limit_s:
+        raise ValueError(
+            f"visibility_timeout_s ({settings.effective_visibility_timeout_s:g} s) must exceed the job time limit "
+            f"plus its {HARD_LIMIT_GRACE_S:g} s grace ({settings.hard_time_limit_s:g} s), or a job still "
+            "running would be delivered to a second worker; raise W2V_VISIBILITY_TIMEOUT_S or lower "
+            "W2V_JOB_TIME_LIMIT_S"
+        )

@@ -6,7 +6,9 @@ Every name under the store that comes from a request is a server-issued id check
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,27 @@ class StoreLayout:
 
     def evaluation_file(self, model_id: str) -> Path:
         return self.evaluations / f"{_checked(model_id)}.json"
+
+    # Ids keep request data from naming a path outside the store; these checks keep the store's
+    # own entries from leading outside it: a symlink planted in the store (by a careless copy or
+    # a hostile neighbour on a shared volume) is treated as absent rather than followed.
+
+    def is_plain_file(self, path: Path) -> bool:
+        """A regular file (not a symlink) whose real location is inside the store."""
+        return self._is_plain(path, stat.S_ISREG)
+
+    def is_plain_dir(self, path: Path) -> bool:
+        """A directory (not a symlink) whose real location is inside the store."""
+        return self._is_plain(path, stat.S_ISDIR)
+
+    def _is_plain(self, path: Path, kind: object) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not kind(st.st_mode):  # type: ignore[operator]
+            return False
+        return os.path.realpath(path).startswith(str(self.root) + os.sep)
 
 
 def _checked(value: str) -> str:

@@ -6,12 +6,14 @@ Messages carry ids only (JSON), never arrays; everything else is read from the j
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 from celery import Celery, Task, shared_task, signals
 
 from worker.celery_app import TASK_TRAIN
+from worker.joblog import job_log_context
 from worker.jobs import JobRecord, open_job_store
 from worker.runner import JobContext, requeue_orphans, run_job, shutdown_requested
 from worker.settings import WorkerSettings
@@ -43,7 +45,8 @@ def job_context(app: Celery) -> JobContext:
 @shared_task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def train_job(self: Task, job_id: str) -> str:
     outcome = run_job(job_context(self.app), job_id)
-    log.info("job %s: %s", job_id, outcome)
+    with job_log_context(job_id):
+        log.info("job %s: %s", job_id, outcome)
     return outcome
 
 
@@ -67,6 +70,15 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     if app is None:
         return
     threading.Thread(target=_sweep_forever, args=(app, _sweeper_stop), name="w2v-sweeper", daemon=True).start()
+
+
+@signals.worker_init.connect
+def _lower_priority(sender: Any = None, **_: Any) -> None:
+    settings: WorkerSettings | None = getattr(getattr(sender, "app", None), "w2v_settings", None)
+    if settings is not None and settings.nice:
+        # In the main thread before any job: the training threads a job starts inherit it.
+        os.nice(settings.nice)
+        log.info("running at nice %d", os.nice(0))
 
 
 @signals.worker_shutting_down.connect

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.deps import CorporaDep, JobsDep, ServicesDep
-from app.schemas import CorpusPublic, Name
+from app.deps import CorporaDep, JobsDep, OwnerDep, ServicesDep
+from app.schemas import CorpusPublic, Name, error_responses
 from app.uploads import receive_upload
 
-router = APIRouter(prefix="/corpora", tags=["corpora"])
+router = APIRouter(prefix="/corpora", tags=["corpora"], responses=error_responses(401, 404, 409, 413, 422, 429, 503))
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -33,40 +33,42 @@ async def upload_corpus(
     request: Request,
     services: ServicesDep,
     response: Response,
+    owner: OwnerDep,
     name: Annotated[Name | None, Query(description="A label for the corpus.")] = None,
 ) -> CorpusPublic:
     """Upload a corpus; it is checked (decompresses, not empty) and its lines counted."""
     upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
     label = name or upload.fields.get("name") or None
-    meta = await run_in_threadpool(services.corpora.ingest, upload.path, filename=upload.filename, name=label)
+    meta = await run_in_threadpool(
+        services.corpora.ingest, upload.path, filename=upload.filename, name=label, owner=owner
+    )
     response.headers["Location"] = str(request.url_for("get_corpus", corpus_id=meta["id"]))
     return CorpusPublic.model_validate(meta)
 
 
 @router.get("")
-def list_corpora(corpora: CorporaDep) -> list[CorpusPublic]:
-    return [CorpusPublic.model_validate(m) for m in corpora.list()]
+def list_corpora(corpora: CorporaDep, owner: OwnerDep) -> list[CorpusPublic]:
+    return [CorpusPublic.model_validate(m) for m in corpora.list(owner)]
 
 
 @router.get("/{corpus_id}")
-def get_corpus(corpus_id: str, corpora: CorporaDep) -> CorpusPublic:
-    return CorpusPublic.model_validate(corpora.get(corpus_id))
+def get_corpus(corpus_id: str, corpora: CorporaDep, owner: OwnerDep) -> CorpusPublic:
+    return CorpusPublic.model_validate(corpora.get(corpus_id, owner))
 
 
 @router.delete("/{corpus_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_corpus(corpus_id: str, corpora: CorporaDep, jobs: JobsDep) -> None:
+def delete_corpus(corpus_id: str, corpora: CorporaDep, jobs: JobsDep, owner: OwnerDep) -> None:
     """Delete a corpus, unless a queued or running job still needs it (409)."""
-    corpora.get(corpus_id)
-    users: list[dict[str, Any]] = [
-        {"job_id": j.job_id, "state": j.state}
-        for state in ("queued", "running")
-        for j in jobs.list(state=state, limit=10_000)
-        if j.corpus_id == corpus_id
+    corpora.get(corpus_id, owner)
+    users: list[Any] = [
+        j for state in ("queued", "running") for j in jobs.list(state=state, limit=10_000) if j.corpus_id == corpus_id
     ]
     if users:
+        # Only the caller's own job ids are named: a shared corpus must not reveal other keys' jobs.
+        own = [j.job_id for j in users if owner is None or j.owner == owner]
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            detail=f"corpus {corpus_id!r} is used by {len(users)} unfinished job(s): "
-            + ", ".join(u["job_id"] for u in users),
+            detail=f"corpus {corpus_id!r} is used by {len(users)} unfinished job(s)"
+            + (": " + ", ".join(own) if own else ""),
         )
-    corpora.delete(corpus_id)
+    corpora.delete(corpus_id, owner)

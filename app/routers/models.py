@@ -11,9 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from app.deps import ModelsDep, ServicesDep
-from app.modelstore import ModelNotFound, ModelStore
-from app.schemas import EvaluationPublic, ModelPublic, ModelSummary, Name
+from app.auth import Owner
+from app.deps import ModelsDep, OwnerDep, ServicesDep
+from app.modelstore import ModelNotFound
+from app.schemas import EvaluationPublic, ModelPublic, ModelSummary, Name, error_responses
 from app.services import Services
 from app.uploads import Upload, receive_upload
 from model import (
@@ -28,7 +29,7 @@ from model import (
 from worker.jobs import utcnow
 from worker.storage import new_id
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(400, 401, 404, 413, 422, 429))
 
 _FILE_BODY = {
     "requestBody": {
@@ -57,28 +58,20 @@ def _summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _existing(store: ModelStore, model_id: str) -> dict[str, Any]:
-    try:
-        return store.meta(model_id)
-    except (ModelFormatError, ValueError) as exc:
-        # A model directory that cannot be read is as good as absent to the caller.
-        raise ModelNotFound(model_id) from exc
-
-
 @router.get("")
-def list_models(models: ModelsDep) -> list[ModelSummary]:
+def list_models(models: ModelsDep, owner: OwnerDep) -> list[ModelSummary]:
     """All models, newest first; the first one answers queries that name no model."""
     out = []
-    for model_id in models.ids():
+    for model_id in models.ids(owner):
         with contextlib.suppress(ModelNotFound, ModelFormatError):
             out.append(ModelSummary.model_validate(_summary_fields(models.meta(model_id))))
     return out
 
 
 @router.get("/{model_id}")
-def get_model(model_id: str, models: ModelsDep) -> ModelPublic:
+def get_model(model_id: str, models: ModelsDep, owner: OwnerDep) -> ModelPublic:
     """Hyperparameters, corpus statistics, vocabulary size, training time and speed, evaluations."""
-    meta = _existing(models, model_id)
+    meta = models.check(model_id, owner)
     evaluations = list(models.evaluations(model_id))
     if isinstance(meta.get("evaluation"), dict):
         evaluations.insert(0, {"kind": "at_training", "result": meta["evaluation"]})
@@ -95,9 +88,8 @@ def get_model(model_id: str, models: ModelsDep) -> ModelPublic:
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(model_id: str, models: ModelsDep) -> None:
-    _existing(models, model_id)
-    models.delete(model_id)
+def delete_model(model_id: str, models: ModelsDep, owner: OwnerDep) -> None:
+    models.delete(model_id, owner)
 
 
 @router.get(
@@ -108,11 +100,12 @@ def delete_model(model_id: str, models: ModelsDep) -> None:
 def export_model(
     model_id: str,
     services: ServicesDep,
+    owner: OwnerDep,
     format: Annotated[Literal["word2vec-text", "word2vec-binary"], Query()] = "word2vec-binary",
 ) -> FileResponse:
     """The model in the original word2vec format, readable by gensim's `load_word2vec_format`."""
-    _existing(services.models, model_id)
-    loaded = services.models.get(model_id)
+    services.models.check(model_id, owner)
+    loaded = services.models.get(model_id, owner)
     binary = format == "word2vec-binary"
     out = services.layout.tmp / f"export-{new_id()}.{'bin' if binary else 'txt'}"
     try:
@@ -128,7 +121,7 @@ def export_model(
     )
 
 
-def _import(services: Services, upload: Upload, binary: bool | None, name: str | None) -> dict[str, Any]:
+def _import(services: Services, upload: Upload, binary: bool | None, name: str | None, owner: Owner) -> dict[str, Any]:
     try:
         vectors = load_word2vec_format(upload.path, binary=binary)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -142,6 +135,7 @@ def _import(services: Services, upload: Upload, binary: bool | None, name: str |
         "created_at": utcnow(),
         "source": "imported",
         "imported_from": upload.filename,
+        "owner": owner,
     }
     save_model(services.layout.model_dir(model_id), Model(vectors, meta))
     return services.models.meta(model_id)
@@ -152,13 +146,14 @@ async def import_model(
     request: Request,
     response: Response,
     services: ServicesDep,
+    owner: OwnerDep,
     format: Annotated[Literal["auto", "word2vec-text", "word2vec-binary"], Query()] = "auto",
     name: Annotated[Name | None, Query()] = None,
 ) -> ModelSummary:
     """Add a model from a word2vec text or binary file (optionally gzip/bz2/xz compressed)."""
     upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[format]
-    meta = await run_in_threadpool(_import, services, upload, binary, name or upload.fields.get("name"))
+    meta = await run_in_threadpool(_import, services, upload, binary, name or upload.fields.get("name"), owner)
     response.headers["Location"] = str(request.url_for("get_model", model_id=meta["model_id"]))
     return ModelSummary.model_validate(_summary_fields(meta))
 
@@ -184,9 +179,10 @@ def _evaluate(
     restrict_vocab: int,
     case_insensitive: bool,
     method: Literal["add", "mul"],
+    owner: Owner,
 ) -> dict[str, Any]:
     try:
-        loaded = services.models.get(model_id)
+        loaded = services.models.get(model_id, owner)
         if kind == "auto":
             kind = _sniff_kind(upload.path)
         if kind == "analogies":
@@ -222,6 +218,7 @@ async def evaluate_model(
     model_id: str,
     request: Request,
     services: ServicesDep,
+    owner: OwnerDep,
     kind: Annotated[
         Literal["auto", "analogies", "word_pairs"],
         Query(description="'analogies' (questions-words.txt style) or 'word_pairs' (word1, word2, score)."),
@@ -231,9 +228,9 @@ async def evaluate_model(
     method: Annotated[Literal["add", "mul"], Query(description="Analogy scoring: 3CosAdd or 3CosMul.")] = "add",
 ) -> EvaluationPublic:
     """Score the model on an uploaded analogy or word-pair file; the result is kept with the model."""
-    _existing(services.models, model_id)
+    services.models.check(model_id, owner)
     upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
     result = await run_in_threadpool(
-        _evaluate, services, model_id, upload, kind, restrict_vocab, case_insensitive, method
+        _evaluate, services, model_id, upload, kind, restrict_vocab, case_insensitive, method, owner
     )
     return EvaluationPublic.model_validate(result)

@@ -15,10 +15,12 @@ from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
+from app.auth import Owner
 from app.batching import Hits
-from app.deps import ModelsDep
+from app.deps import ModelsDep, OwnerDep
 from app.modelstore import LoadedModel, ModelStore
 from app.schemas import (
+    ID_HINT,
     BatchQuery,
     DoesntMatchPublic,
     Id,
@@ -29,22 +31,23 @@ from app.schemas import (
     SimilarityPublic,
     VectorPublic,
     Word,
+    error_responses,
 )
 from model import UnknownWordError
 
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], responses=error_responses(400, 401, 404, 413, 422, 429))
 
-ModelParam = Annotated[Id | None, Query(description="Model id; omitted: the newest model.")]
+ModelParam = Annotated[Id | None, Query(description=f"Model id {ID_HINT}; omitted: the newest model.")]
 TopN = Annotated[int, Query(ge=1, le=1000, description="How many results.")]
 RestrictVocab = Annotated[int | None, Query(ge=1, description="Search only the this many most frequent words.")]
 WordList = Annotated[list[Word] | None, Query(max_length=100)]
 
 
-async def loaded_model(store: ModelStore, model_id: str | None) -> LoadedModel:
-    hit = store.cached(model_id)
+async def loaded_model(store: ModelStore, model_id: str | None, owner: Owner) -> LoadedModel:
+    hit = store.cached(model_id, owner)
     if hit is not None:
         return hit
-    return await run_in_threadpool(store.get, model_id)
+    return await run_in_threadpool(store.get, model_id, owner)
 
 
 def _check_known(lm: LoadedModel, words: list[str]) -> None:
@@ -68,6 +71,7 @@ def _results_json(model_id: str, hits: Hits) -> Response:
 @router.get("/similar", response_model=QueryResults)
 async def similar(
     models: ModelsDep,
+    owner: OwnerDep,
     word: Annotated[Word | None, Query(description="The word whose neighbours you want.")] = None,
     positive: WordList = None,
     negative: WordList = None,
@@ -88,7 +92,7 @@ async def similar(
                 }
             ]
         )
-    lm = await loaded_model(models, model)
+    lm = await loaded_model(models, model, owner)
     _check_known(lm, pos + neg)
     hits = await asyncio.wrap_future(lm.batcher.submit(pos, neg, topn=topn, restrict_vocab=restrict_vocab))
     return _results_json(lm.model_id, hits)
@@ -97,6 +101,7 @@ async def similar(
 @router.get("/analogy", response_model=QueryResults)
 async def analogy(
     models: ModelsDep,
+    owner: OwnerDep,
     a: Word,
     b: Word,
     c: Word,
@@ -106,7 +111,7 @@ async def analogy(
     model: ModelParam = None,
 ) -> Response:
     """`a` is to `b` as `c` is to ...? (nearest to b - a + c)."""
-    lm = await loaded_model(models, model)
+    lm = await loaded_model(models, model, owner)
     _check_known(lm, [a, b, c])
     hits = await asyncio.wrap_future(
         lm.batcher.submit([b, c], [a], topn=topn, restrict_vocab=restrict_vocab, method=method)
@@ -115,21 +120,24 @@ async def analogy(
 
 
 @router.get("/similarity")
-async def similarity(models: ModelsDep, w1: Word, w2: Word, model: ModelParam = None) -> SimilarityPublic:
+async def similarity(
+    models: ModelsDep, owner: OwnerDep, w1: Word, w2: Word, model: ModelParam = None
+) -> SimilarityPublic:
     """Cosine similarity of two words."""
-    lm = await loaded_model(models, model)
+    lm = await loaded_model(models, model, owner)
     return SimilarityPublic(model_id=lm.model_id, w1=w1, w2=w2, score=lm.model.vectors.similarity(w1, w2))
 
 
 @router.get("/vector")
 async def vector(
     models: ModelsDep,
+    owner: OwnerDep,
     word: Word,
     norm: Annotated[bool, Query(description="Unit-normalised instead of raw.")] = False,
     model: ModelParam = None,
 ) -> VectorPublic:
     """The vector of one word."""
-    lm = await loaded_model(models, model)
+    lm = await loaded_model(models, model, owner)
     vec = lm.model.vectors.get_vector(word, norm=norm)
     return VectorPublic(model_id=lm.model_id, word=word, vector=vec.tolist())
 
@@ -137,19 +145,20 @@ async def vector(
 @router.get("/doesnt_match")
 async def doesnt_match(
     models: ModelsDep,
+    owner: OwnerDep,
     words: Annotated[list[Word], Query(min_length=2, max_length=100)],
     model: ModelParam = None,
 ) -> DoesntMatchPublic:
     """The word that fits least with the others (unknown words are ignored unless all are)."""
-    lm = await loaded_model(models, model)
+    lm = await loaded_model(models, model, owner)
     return DoesntMatchPublic(model_id=lm.model_id, word=lm.model.vectors.doesnt_match(words))
 
 
 @router.post("/similar/batch")
-async def similar_batch(body: SimilarBatchCreate, models: ModelsDep) -> SimilarBatchPublic:
+async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: OwnerDep) -> SimilarBatchPublic:
     """Many neighbour queries in one request, answered with one matrix product."""
     queries = [(q.positive, q.negative) if isinstance(q, BatchQuery) else ([q], []) for q in body.queries]
-    lm = await loaded_model(models, body.model)
+    lm = await loaded_model(models, body.model, owner)
     _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
     vectors = lm.model.vectors
     results = await run_in_threadpool(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,18 +16,19 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.deps import JobsDep, ServicesDep
+from app.auth import Owner, visible
+from app.deps import JobsDep, OwnerDep, ServicesDep
 from app.errors import JobNotFound
-from app.schemas import JobPublic, JobState, TrainAccepted, TrainCreate
+from app.schemas import JobPublic, JobState, TrainAccepted, TrainCreate, error_responses
 from model import TrainConfig
 from worker.celery_app import TASK_TRAIN, queue_for_device
-from worker.jobs import TERMINAL, JobRecord, utcnow
+from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, utcnow
 from worker.runner import initial_progress
 from worker.storage import new_id
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["training"])
+router = APIRouter(tags=["training"], responses=error_responses(400, 401, 404, 409, 413, 422, 429, 503))
 
 IdempotencyKey = Annotated[
     str | None,
@@ -57,6 +59,26 @@ def _accepted(request: Request, rec: JobRecord) -> TrainAccepted:
     )
 
 
+def _idempotency_scope(key: str | None, owner: Owner) -> str | None:
+    """Keys are per API key: two clients choosing the same Idempotency-Key must not meet."""
+    if key is None or owner is None:
+        return key
+    return f"{owner}:{key}"
+
+
+def _active_jobs(jobs: JobStore, owner: str) -> int:
+    return sum(1 for r in jobs.list(limit=1_000_000) if r.owner == owner and r.state in ACTIVE)
+
+
+def _too_many_jobs(cap: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"this API key already has {cap} queued or running job(s), the most allowed; "
+        "wait for one to finish or cancel one",
+        headers={"Retry-After": "30"},
+    )
+
+
 def _replay(
     request: Request, response: Response, services: Any, bound: tuple[str, str], fingerprint: str
 ) -> TrainAccepted:
@@ -80,6 +102,7 @@ def submit_training(
     request: Request,
     response: Response,
     services: ServicesDep,
+    owner: OwnerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> TrainAccepted:
     """Queue a training job on an uploaded corpus (`corpus_id`) or an inline one (`text`)."""
@@ -87,8 +110,12 @@ def submit_training(
     config = body.train_config()
     TrainConfig.from_dict({**config, "device": body.device}).validate()
     fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    idempotency_key = _idempotency_scope(idempotency_key, owner)
     if idempotency_key is not None and (bound := jobs.lookup_idempotency_key(idempotency_key)) is not None:
         return _replay(request, response, services, bound, fingerprint)
+    cap = settings.max_active_jobs_per_key if owner is not None else 0
+    if cap and _active_jobs(jobs, owner) >= cap:  # type: ignore[arg-type]
+        raise _too_many_jobs(cap)  # early, before an inline corpus is written
 
     if body.text is not None:
         size = len(body.text.encode("utf-8"))
@@ -98,10 +125,10 @@ def submit_training(
                 detail=f"inline 'text' is {size} bytes, over the limit of {settings.max_inline_text_bytes}; "
                 "upload it with POST /corpora and pass its corpus_id instead",
             )
-        corpus = corpora.ingest_text(body.text, name=body.name)
+        corpus = corpora.ingest_text(body.text, name=body.name, owner=owner)
     else:
         assert body.corpus_id is not None
-        corpus = corpora.get(body.corpus_id)
+        corpus = corpora.get(body.corpus_id, owner)
 
     def discard_inline_corpus() -> None:
         if body.text is not None:
@@ -120,9 +147,15 @@ def submit_training(
         name=body.name,
         progress=initial_progress(body.epochs),
         idempotency_key=idempotency_key,
+        owner=owner,
     )
     try:
-        jobs.create(rec)
+        # Counting and creating under one lock (shared by every API replica), so concurrent
+        # submissions of one key cannot all see a free slot.
+        with jobs.exclusive(f"admission:{owner}") if cap else contextlib.nullcontext():
+            if cap and _active_jobs(jobs, owner) >= cap:  # type: ignore[arg-type]
+                raise _too_many_jobs(cap)
+            jobs.create(rec)
     except BaseException:
         discard_inline_corpus()
         raise
@@ -157,29 +190,33 @@ def submit_training(
 @router.get("/jobs")
 def list_jobs(
     jobs: JobsDep,
+    owner: OwnerDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobPublic]:
     """Jobs, newest first."""
-    return [job_public(rec) for rec in jobs.list(state=state, limit=limit)]
+    if owner is None:
+        return [job_public(rec) for rec in jobs.list(state=state, limit=limit)]
+    mine = [rec for rec in jobs.list(state=state, limit=1_000_000) if visible(rec.owner, owner)]
+    return [job_public(rec) for rec in mine[:limit]]
 
 
-def _job(jobs: Any, job_id: str) -> JobRecord:
+def _job(jobs: Any, job_id: str, owner: Owner = None) -> JobRecord:
     rec: JobRecord | None = jobs.get(job_id)
-    if rec is None:
+    if rec is None or not visible(rec.owner, owner):
         raise JobNotFound(job_id)
     return rec
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
-    return job_public(_job(jobs, job_id))
+def get_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JobPublic:
+    return job_public(_job(jobs, job_id, owner))
 
 
-@router.post("/jobs/{job_id}/cancel", responses={202: {"model": JobPublic}, 409: {}})
-def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Response) -> JobPublic:
+@router.post("/jobs/{job_id}/cancel", responses={202: {"model": JobPublic}})
+def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Response, owner: OwnerDep) -> JobPublic:
     """Cancel a queued job at once, or ask a running one to stop after its current batch (202)."""
-    rec = _job(jobs, job_id)
+    rec = _job(jobs, job_id, owner)
     if rec.state == "queued":
         done = jobs.transition(job_id, {"queued"}, state="cancelled", cancel_requested=True, finished_at=utcnow())
         if done is not None:
@@ -189,7 +226,7 @@ def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Resp
     if flagged is not None:
         response.status_code = status.HTTP_202_ACCEPTED
         return job_public(flagged)
-    rec = _job(jobs, job_id)
+    rec = _job(jobs, job_id, owner)
     if rec.state == "cancelled":
         return job_public(rec)
     if rec.state in TERMINAL:
@@ -205,9 +242,9 @@ def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Resp
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
 )
-async def job_events(job_id: str, jobs: JobsDep) -> StreamingResponse:
+async def job_events(job_id: str, jobs: JobsDep, owner: OwnerDep) -> StreamingResponse:
     """Server-Sent Events: the job (as in GET /jobs/{job_id}) on every change, then `event: end`."""
-    await run_in_threadpool(_job, jobs, job_id)
+    await run_in_threadpool(_job, jobs, job_id, owner)
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"

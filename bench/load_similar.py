@@ -1,0 +1,242 @@
+"""Open-loop load on GET /similar against a live server, with and without a training job running.
+
+    .venv/bin/python bench/load_similar.py [--rate 200] [--duration 20] [--words 100000] [--dim 100]
+
+What it does, all on this machine:
+1. writes a random `words` x `dim` model into a temporary store with `model.save_model`;
+2. starts `uvicorn app.main:app` and a `w2v worker` on that store (the embedded filesystem
+   queue, no other server), each its own process;
+3. phase "idle": sends GET /similar?word=<random word>&topn=10 at a fixed arrival rate
+   (Poisson arrivals: exponential gaps) for `duration` seconds from this process, with
+   httpx.AsyncClient, never waiting for a reply before sending the next request (open loop);
+4. phase "training": submits a training job on a synthetic corpus big enough to outlast the
+   phase, waits until it trains, and repeats the load; the job is cancelled afterwards.
+
+Latency is measured from each request's *scheduled* send time, so a client or server that
+falls behind shows up in the figures instead of being hidden (coordinated omission).
+Prints a table and, last, one JSON line with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model import Model, Vectors, save_model  # noqa: E402
+from worker.storage import StoreLayout, new_id  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_model(layout: StoreLayout, n_words: int, dim: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(n_words)]
+    vectors = rng.standard_normal((n_words, dim), dtype=np.float32)
+    counts = np.arange(n_words, 0, -1, dtype=np.int64)
+    model_id = new_id()
+    meta = {"model_id": model_id, "name": "load-bench", "created_at": "2030-01-01T00:00:00.000+00:00"}
+    save_model(layout.model_dir(model_id), Model(Vectors(words, vectors, counts), meta))
+    return words
+
+
+def write_corpus(path: Path, n_words: int, seed: int) -> None:
+    """Zipf-distributed words over a 20k vocabulary, 20-word sentences."""
+    rng = np.random.default_rng(seed)
+    ids = np.minimum(rng.zipf(1.2, size=n_words), 20_000)
+    with path.open("w", encoding="utf-8") as fh:
+        for start in range(0, n_words, 20):
+            fh.write(" ".join(f"t{i}" for i in ids[start : start + 20]) + "\n")
+
+
+async def open_loop(base_url: str, words: list[str], rate: float, duration: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    service: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+
+        async def one(scheduled: float) -> None:
+            word = words[rng.randrange(len(words))]
+            sent = time.perf_counter()
+            try:
+                r = await client.get("/similar", params={"word": word, "topn": 10})
+                ok = r.status_code == 200
+                if not ok:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+            except httpx.HTTPError as exc:
+                ok = False
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            done = time.perf_counter()
+            if ok:
+                latencies.append(done - scheduled)
+                service.append(done - sent)
+
+        tasks: list[asyncio.Task[None]] = []
+        start = time.perf_counter()
+        next_at = start
+        lag_max = 0.0
+        while next_at < start + duration:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag_max = max(lag_max, time.perf_counter() - next_at)
+            tasks.append(asyncio.create_task(one(next_at)))
+            next_at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    sent_n = len(tasks)
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    svc = np.array(service) * 1000 if service else np.array([np.nan])
+    return {
+        "offered_rps": rate,
+        "requests": sent_n,
+        "achieved_rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p90_ms": round(float(np.percentile(lat, 90)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "max_ms": round(float(lat.max()), 2),
+        "p99_service_ms": round(float(np.percentile(svc, 99)), 2),
+        "error_rate": round(sum(errors.values()) / max(sent_n, 1), 4),
+        "errors": errors,
+        "client_lag_max_ms": round(lag_max * 1000, 2),
+    }
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            result = check()
+            if result:
+                return result
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="arrivals per second (default 200)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase (default 20)")
+    parser.add_argument("--words", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--corpus-words", type=int, default=3_000_000, help="training corpus size")
+    parser.add_argument("--worker-threads", type=int, default=0, help="W2V_THREADS for the worker (0: all cores)")
+    parser.add_argument("--worker-nice", type=int, default=10, help="W2V_NICE for the worker (as w2v serve)")
+    parser.add_argument("--phases", default="idle,training", help="comma-separated: idle, training")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="w2v-load-") as tmp:
+        layout = StoreLayout.at(Path(tmp) / "store")
+        layout.ensure()
+        t0 = time.perf_counter()
+        words = write_model(layout, args.words, args.dim, args.seed)
+        print(f"model: {args.words} x {args.dim} written in {time.perf_counter() - t0:.1f} s", flush=True)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("W2V_")}
+        env.update(W2V_STORE=str(layout.root), W2V_THREADS=str(args.worker_threads), W2V_NICE=str(args.worker_nice))
+        logs = Path(tmp) / "logs"
+        logs.mkdir()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"],
+                cwd=ROOT, env=env, stdout=(logs / "api.log").open("wb"), stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"],
+                cwd=ROOT, env=env, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+        ]  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        results: dict[str, Any] = {}
+        try:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                wait_for(lambda: client.get("/readyz").status_code == 200, 60, "the API")
+                # Load the model (checksums, unit matrix) before measuring, as a warm server would have.
+                assert client.get("/similar", params={"word": words[0]}).status_code == 200
+                asyncio.run(open_loop(base, words, args.rate, 2.0, args.seed + 100))  # warm-up
+                for phase in [p.strip() for p in args.phases.split(",") if p.strip()]:
+                    job_id = None
+                    if phase == "training":
+                        corpus = Path(tmp) / "corpus.txt"
+                        write_corpus(corpus, args.corpus_words, args.seed)
+                        r = client.post("/corpora", content=corpus.read_bytes(), headers={"Content-Type": "text/plain"})
+                        r.raise_for_status()
+                        body = {"corpus_id": r.json()["id"], "epochs": 100, "min_count": 1}
+                        job_id = client.post("/train", json=body).json()["job_id"]
+                        status_url = f"/jobs/{job_id}"
+                        wait_for(
+                            lambda url=status_url: (
+                                (j := client.get(url).json())["state"] == "running" and j["progress"]["words_done"] > 0
+                            ),
+                            120,
+                            "the training job to run",
+                        )
+                    results[phase] = asyncio.run(open_loop(base, words, args.rate, args.duration, args.seed))
+                    if job_id is not None:
+                        job = client.get(f"/jobs/{job_id}").json()
+                        results[phase]["training_state"] = job["state"]
+                        results[phase]["training_words_per_sec"] = job["progress"]["words_per_sec"]
+                        client.post(f"/jobs/{job_id}/cancel")
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=30)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    header = ["phase", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for phase, r in results.items():
+        print(
+            f"| {phase} | {r['offered_rps']:.0f} | {r['achieved_rps']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['error_rate']:.2%} |"
+        )
+    summary = {
+        "bench": "load_similar",
+        "words": args.words,
+        "dim": args.dim,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "worker_threads": args.worker_threads,
+        "worker_nice": args.worker_nice,
+        "phases": results,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
