@@ -20,19 +20,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SETTINGS = dict(vector_size=100, window=5, negative=5, min_count=5, sample=1e-3, epochs=5)
-
-
-def _scores(words: list[str], matrix: Any) -> dict[str, float]:
-    from bench.corpora import gensim_data
-    from model import Vectors, evaluate_analogies, evaluate_word_pairs
-
-    v = Vectors(words, matrix)
-    return {
-        "analogy": evaluate_analogies(v, gensim_data("questions-words.txt")).accuracy * 100,
-        "ws353": evaluate_word_pairs(v, gensim_data("wordsim353.tsv")).spearman,
-        "simlex": evaluate_word_pairs(v, gensim_data("simlex999.txt")).spearman,
-    }
+from bench.train_vs_gensim import SETTINGS  # noqa: E402 - after the sys.path entry above
+from bench.train_vs_gensim import _evaluate as _scores  # noqa: E402
 
 
 def ours(corpus: Path, engine: str, epochs: int) -> dict[str, Any]:

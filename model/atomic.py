@@ -24,8 +24,12 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write to a temp file beside `path`, fsync, then rename over it."""
+def atomic_file(path: str | Path, mode: str = "wb", *, durable: bool = True) -> Iterator[IO[Any]]:
+    """Write to a temp file beside `path`, fsync, then rename over it.
+
+    `durable=False` skips both fsyncs for frequent, replaceable writes (progress records):
+    readers still see the old content or the new, but a power cut may lose the latest write.
+    """
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     # mkstemp creates 0600; published files get the usual permissions of the files they replace.
@@ -34,13 +38,15 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
 def fsync_tree(path: Path) -> None:

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping
@@ -28,6 +27,7 @@ from typing import Any, Literal, cast
 
 import redis
 
+from model.atomic import atomic_file
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout, is_id
 
@@ -362,18 +362,8 @@ class FileJobStore(JobStore):
 
     @staticmethod
     def _write(path: Path, data: Mapping[str, Any], *, durable: bool) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-                if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, "w", durable=durable) as fh:
+            json.dump(data, fh)
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
