@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from app.settings import Settings
     from tests.test_service_e2e import Processes
+    from worker.storage import StoreLayout
 
 
 def gensim_data(name: str) -> Path:
@@ -105,3 +109,24 @@ def corpus_gz(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
     text = Path(datapath("lee_background.cor")).read_bytes().rstrip(b"\n") + b"\n"
     return gzip.compress(text * 8)
+
+
+@pytest.fixture
+def layout(settings: Settings) -> StoreLayout:
+    """The store of the module's own `settings` fixture, created."""
+    from worker.storage import StoreLayout
+
+    layout = StoreLayout.at(settings.store)
+    layout.ensure()
+    return layout
+
+
+@pytest.fixture
+def client(settings: Settings, layout: StoreLayout) -> Iterator[TestClient]:
+    """An in-process API over the module's `settings` (lifespan runs: `with TestClient`)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c

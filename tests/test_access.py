@@ -11,7 +11,6 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +47,6 @@ def settings(tmp_path: Path) -> Settings:
         max_request_bytes=16_384,
     )
 
-
-@pytest.fixture
-def layout(settings: Settings) -> StoreLayout:
-    layout = StoreLayout.at(settings.store)
-    layout.ensure()
-    return layout
-
-
-@pytest.fixture
-def client(settings: Settings, layout: StoreLayout) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 def sample_request(method: str, template: str, model_id: str) -> tuple[str, dict[str, Any]]:

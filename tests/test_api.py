@@ -11,7 +11,6 @@ import bz2
 import gzip
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +58,6 @@ def settings(tmp_path: Path) -> Settings:
         max_request_bytes=16_384,
     )
 
-
-@pytest.fixture
-def layout(settings: Settings) -> StoreLayout:
-    layout = StoreLayout.at(settings.store)
-    layout.ensure()
-    return layout
-
-
-@pytest.fixture
-def client(settings: Settings, layout: StoreLayout) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 @pytest.fixture

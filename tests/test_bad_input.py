@@ -22,7 +22,6 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from app.main import create_app
 from app.settings import Settings
 from model import Model, Vectors, save_model
 from tests.test_api import make_vectors, put_model
@@ -123,18 +122,6 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def settings(tmp_path: Path) -> Settings:
     return Settings(store=tmp_path / "store", broker_url=None, max_request_bytes=16_384, max_upload_bytes=100_000)
 
-
-@pytest.fixture
-def layout(settings: Settings) -> StoreLayout:
-    layout = StoreLayout.at(settings.store)
-    layout.ensure()
-    return layout
-
-
-@pytest.fixture
-def client(settings: Settings, layout: StoreLayout) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 @pytest.fixture
