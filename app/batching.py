@@ -1,9 +1,10 @@
-"""Answer concurrent nearest-neighbour queries with one matrix product.
+"""Answer concurrent nearest-neighbour queries together.
 
-One query is a matrix-vector product over the whole vocabulary and is bound by memory
-bandwidth; a batch of B queries reads the matrix once for all of them. Requests that arrive
-while a batch is being computed wait in a queue and form the next batch, so a lone request
-pays no waiting time and a busy server batches as much as its load allows.
+Requests that arrive while a batch is being computed wait in a queue and form the next
+batch, so a lone request pays no waiting time and a busy server batches as much as its load
+allows. `Vectors.most_similar_batch` then picks the cheaper search for the batch's size: the
+int8 scan (spread over the scan threads) for a few queries, one float32 matrix product for
+many.
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ class _Query:
 def limit_blas_threads(threads: int) -> Callable[[], None]:
     """Cap the BLAS threads of this process; returns the undo.
 
-    A search is one matrix-vector product over the whole vocabulary, bound by memory
-    bandwidth: a second BLAS thread shortens it a little but spins a core while it waits, and
-    a server answers many searches at once. Measured on 2 cores (100k x 100 model): 9.2 ms of
-    CPU per /similar with 2 threads, 6.0 ms with 1; at 200 requests/s offered, 66 answered per
-    second with 2 threads, 129 with 1.
+    BLAS scores large batches (and 3CosMul queries): a second BLAS thread shortens a product a
+    little but spins a core while it waits, and a server answers many searches at once.
+    Measured on 2 cores (100k x 100 model, when every search was a float32 product): 9.2 ms
+    of CPU per /similar with 2 threads, 6.0 ms with 1.
     """
     if threads <= 0:
         return lambda: None

@@ -98,7 +98,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     supervisor = None
     if not args.no_worker:
         env = {**os.environ, "W2V_STORE": str(settings.store), PARENT_PID_ENV: str(os.getpid())}
-        env.setdefault("W2V_NICE", "10")  # the worker shares this host with the API: queries come first
+        # The worker shares this host with the API: queries come first.
+        env.setdefault("W2V_NICE", "10")
+        env.setdefault("W2V_CPU_IDLE", "true")
         argv = [sys.executable, "-m", "app.cli", "worker", "--store", str(settings.store)]
         if settings.broker_url:
             argv += ["--broker", settings.broker_url]

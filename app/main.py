@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -50,11 +51,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = await run_in_threadpool(open_services, settings)
     app.state.services = services
     restore_blas = limit_blas_threads(settings.query_blas_threads)
+    # A request crosses three threads (event loop, batcher, scan pool), and each crossing may
+    # wait for the GIL up to the switch interval (5 ms by default) while another thread runs
+    # Python code. 1 ms cut p99 at 200 /similar per second from 39 to 24 ms on 2 cores.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, 0.001))
     log.info("store %s, broker %s", services.layout.root, settings.broker_url or "filesystem (embedded)")
     try:
         yield
     finally:
         restore_blas()
+        sys.setswitchinterval(switch_interval)
         await run_in_threadpool(services.close)
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,9 @@ from model.store import META_FILE, VECTORS_FILE, VOCAB_FILE, read_meta
 from worker.storage import StoreLayout, is_id, new_id
 
 log = logging.getLogger(__name__)
+# How long after its last change the models folder must stay unchanged before a listing of
+# it is trusted on the hot path (far above any filesystem timestamp granularity).
+_SETTLE_NS = 1_000_000_000
 
 
 class ModelDamaged(RuntimeError):
@@ -64,6 +68,8 @@ class ModelStore:
         self._meta: dict[str, dict[str, Any]] = {}
         self._listing_key: tuple[int, int] | None = None
         self._listing: list[str] = []
+        self._listed: frozenset[str] = frozenset()
+        self._listing_settled = False
 
     # -------------------------------------------------------------- listing and metadata
 
@@ -71,15 +77,21 @@ class ModelStore:
         """The cached listing if the models folder has not changed since it was read (one stat)."""
         st = os.stat(self.layout.models)
         with self._lock:
-            return self._listing if (st.st_mtime_ns, st.st_ino) == self._listing_key else None
+            current = (st.st_mtime_ns, st.st_ino) == self._listing_key and self._listing_settled
+            return self._listing if current else None
 
     def _scan(self) -> list[str]:
         """Model ids, newest first; re-read only when the models folder changed."""
         st = os.stat(self.layout.models)
         key = (st.st_mtime_ns, st.st_ino)
         with self._lock:
-            if key == self._listing_key:
+            if key == self._listing_key and self._listing_settled:
                 return self._listing
+        # A folder's mtime has the kernel clock's granularity (a few ms): a change right after
+        # a listing, within the same tick as the change before it, would leave the mtime as it
+        # was. So a listing read less than _SETTLE_NS after the last change is used, but
+        # re-read on the next scan rather than trusted for as long as the mtime stays put.
+        settled = time.time_ns() - st.st_mtime_ns > _SETTLE_NS
         # Staging directories of saves in progress (or killed mid-way) are dot-names, never ids.
         ids = [e.name for e in os.scandir(self.layout.models) if is_id(e.name) and self.exists(e.name)]
         metas = {}
@@ -88,7 +100,8 @@ class ModelStore:
                 metas[model_id] = self.meta(model_id)
         ordered = sorted(metas, key=lambda i: (str(metas[i].get("created_at") or ""), i), reverse=True)
         with self._lock:
-            self._listing_key, self._listing = key, ordered
+            self._listing_key, self._listing, self._listed = key, ordered, frozenset(ordered)
+            self._listing_settled = settled
             for gone in set(self._meta) - set(ids):
                 self._meta.pop(gone, None)
         return ordered
@@ -175,26 +188,40 @@ class ModelStore:
     # -------------------------------------------------------------- loaded models
 
     def cached(self, model_id: str | None, owner: Owner = None) -> LoadedModel | None:
-        """A loaded model without touching anything slow (for the event loop), or None."""
+        """A loaded model without touching anything slow (for the event loop), or None.
+
+        While the models folder is unchanged since it was last listed (one stat), the listing
+        is still true: every id in it passed `exists` then, and no model was added, replaced
+        or removed since. That spares the per-request symlink checks on the hot query path.
+        """
         try:
-            if model_id is None:
-                listing = self._listing_if_current()
-                if not listing:  # changed since the last look: rescanning is the slow path's job
-                    return None
-                model_id = next((m for m in listing if self._visible(m, owner)), None)
-                if model_id is None:
-                    return None
-            resolved = self.resolve(model_id, owner)
-        except (ModelNotFound, OSError):
+            listing = self._listing_if_current()
+        except OSError:
+            return None
+        if listing is None:  # changed since the last look: rescanning is the slow path's job
+            return None
+        if model_id is None:
+            model_id = next((m for m in listing if self._visible_cached(m, owner)), None)
+        elif model_id not in self._listed or not self._visible_cached(model_id, owner):
+            model_id = None
+        if model_id is None:
             return None
         with self._lock:
-            loaded = self._cache.get(resolved)
+            loaded = self._cache.get(model_id)
             if loaded is not None:
-                self._cache.move_to_end(resolved)
+                self._cache.move_to_end(model_id)
         return loaded
+
+    def _visible_cached(self, model_id: str, owner: Owner) -> bool:
+        if owner is None:
+            return True
+        with self._lock:
+            meta = self._meta.get(model_id)
+        return meta is not None and owned_by(meta, owner)
 
     def get(self, model_id: str | None, owner: Owner = None) -> LoadedModel:
         """Load (memory-mapped, checksum-verified) on first use; blocking."""
+        self._scan()  # re-reads a changed or unsettled listing, so `cached` can trust it again
         resolved = self.resolve(model_id, owner)
         with self._lock:
             loaded = self._cache.get(resolved)
@@ -217,7 +244,8 @@ class ModelStore:
             except ModelFormatError as exc:
                 log.error("model %s: %s", resolved, exc)
                 raise ModelDamaged(resolved, str(exc)) from exc
-            model.vectors.unit_vectors  # noqa: B018 - build the normalised matrix before the first query waits on it
+            # Build the normalised matrix and its int8 copy before the first query waits on them.
+            model.vectors.int8_rows  # noqa: B018
             loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path)
             evicted: list[LoadedModel] = []
             with self._lock:

@@ -7,8 +7,9 @@ What it does, all on this machine:
 2. starts `uvicorn app.main:app` and a `w2v worker` on that store (the embedded filesystem
    queue, no other server), each its own process;
 3. phase "idle": sends GET /similar?word=<random word>&topn=10 at a fixed arrival rate
-   (Poisson arrivals: exponential gaps) for `duration` seconds from this process, with
-   httpx.AsyncClient, never waiting for a reply before sending the next request (open loop);
+   (Poisson arrivals: exponential gaps) for `duration` seconds from this process, over raw
+   keep-alive connections (a new one whenever all are busy), never waiting for a reply
+   before sending the next request (open loop);
 4. phase "training": submits a training job on a synthetic corpus big enough to outlast the
    phase, waits until it trains, and repeats the load; the job is cancelled afterwards.
 
@@ -71,43 +72,84 @@ def write_corpus(path: Path, n_words: int, seed: int) -> None:
             fh.write(" ".join(f"t{i}" for i in ids[start : start + 20]) + "\n")
 
 
+class _Connections:
+    """A pool of raw HTTP/1.1 keep-alive connections: a request takes a free one or opens one.
+
+    An HTTP client library costs a few milliseconds of CPU per request on this machine's two
+    cores, which the server under test shares; this client costs tens of microseconds, so
+    the figures measure the server rather than the client.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.free: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened: list[asyncio.StreamWriter] = []
+
+    async def get(self, target: str) -> int:
+        if self.free:
+            try:
+                return await self._exchange(self.free.pop(), target)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # the server closed an idle keep-alive connection: retry on a new one, as clients do
+        conn = await asyncio.open_connection(self.host, self.port)
+        self.opened.append(conn[1])
+        return await self._exchange(conn, target)
+
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], target: str) -> int:
+        reader, writer = conn
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.lower() == b"content-length")
+        await reader.readexactly(length)
+        self.free.append(conn)
+        return status
+
+    def close(self) -> None:
+        for writer in self.opened:
+            writer.close()
+
+
 async def open_loop(base_url: str, words: list[str], rate: float, duration: float, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     latencies: list[float] = []
     service: list[float] = []
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+    url = httpx.URL(base_url)
+    pool = _Connections(url.host, url.port or 80)
 
-        async def one(scheduled: float) -> None:
-            word = words[rng.randrange(len(words))]
-            sent = time.perf_counter()
-            try:
-                r = await client.get("/similar", params={"word": word, "topn": 10})
-                ok = r.status_code == 200
-                if not ok:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-            except httpx.HTTPError as exc:
-                ok = False
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            done = time.perf_counter()
-            if ok:
-                latencies.append(done - scheduled)
-                service.append(done - sent)
+    async def one(scheduled: float) -> None:
+        word = words[rng.randrange(len(words))]
+        sent = time.perf_counter()
+        try:
+            status = await pool.get(f"/similar?word={word}&topn=10")
+            ok = status == 200
+            if not ok:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+        except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as exc:
+            ok = False
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        done = time.perf_counter()
+        if ok:
+            latencies.append(done - scheduled)
+            service.append(done - sent)
 
-        tasks: list[asyncio.Task[None]] = []
-        start = time.perf_counter()
-        next_at = start
-        lag_max = 0.0
-        while next_at < start + duration:
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag_max = max(lag_max, time.perf_counter() - next_at)
-            tasks.append(asyncio.create_task(one(next_at)))
-            next_at += rng.expovariate(rate)
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    next_at = start
+    lag_max = 0.0
+    while next_at < start + duration:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag_max = max(lag_max, time.perf_counter() - next_at)
+        tasks.append(asyncio.create_task(one(next_at)))
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    pool.close()
     sent_n = len(tasks)
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     svc = np.array(service) * 1000 if service else np.array([np.nan])
@@ -146,6 +188,9 @@ def main() -> int:
     parser.add_argument("--corpus-words", type=int, default=3_000_000, help="training corpus size")
     parser.add_argument("--worker-threads", type=int, default=0, help="W2V_THREADS for the worker (0: all cores)")
     parser.add_argument("--worker-nice", type=int, default=10, help="W2V_NICE for the worker (as w2v serve)")
+    parser.add_argument(
+        "--worker-cpu-idle", choices=["true", "false"], default="true", help="W2V_CPU_IDLE for the worker (as serve)"
+    )
     parser.add_argument("--phases", default="idle,training", help="comma-separated: idle, training")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -159,6 +204,7 @@ def main() -> int:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("W2V_")}
         env.update(W2V_STORE=str(layout.root), W2V_THREADS=str(args.worker_threads), W2V_NICE=str(args.worker_nice))
+        env.update(W2V_CPU_IDLE=args.worker_cpu_idle)
         logs = Path(tmp) / "logs"
         logs.mkdir()
         procs = [
@@ -232,9 +278,11 @@ def main() -> int:
         "python": platform.python_version(),
         "worker_threads": args.worker_threads,
         "worker_nice": args.worker_nice,
+        "worker_cpu_idle": args.worker_cpu_idle == "true",
         "phases": results,
     }
     print(json.dumps(summary))
+
     return 0
 
 

@@ -193,6 +193,12 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) 
         words = _read_binary(first, stream, out, len(header)) if binary else _read_text(first, stream, out)
     except _RecordError as exc:
         raise ModelFormatError(f"{path}: {exc}{detection_note}") from None
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if len(bad):
+        # A diverged training run writes these; no similarity can be computed from them.
+        raise ModelFormatError(
+            f"{path}: the vector of {words[bad[0]]!r} holds NaN or infinity ({len(bad)} such word(s))"
+        )
     return Vectors(words, out)
 
 

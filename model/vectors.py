@@ -8,15 +8,19 @@ arithmetic or tie handling.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from model import search
 from model.errors import ModelFormatError, ParameterError, UnknownWordError
 
 __all__ = ["Method", "Query", "Term", "Terms", "Vectors"]
@@ -37,6 +41,41 @@ Method: TypeAlias = Literal["add", "mul"]
 
 # Bounds on temporaries, so a query over millions of words never allocates more than this.
 _SCORE_CHUNK_BYTES = 64 * 2**20
+# 3CosAdd batches score this many bytes of (queries x rows) at a time: about half an L2
+# cache, so the selection reads what the matrix product has just written while it is hot.
+_SCORE_BLOCK_BYTES = 512 * 2**10
+_MIN_SCORE_BLOCK = 1024
+_ADD_QUERY_CHUNK = 256
+# Below this many queries the int8 scan (one pass per query over a quarter of the bytes) beats
+# one float32 matrix product for the whole batch; measured with bench/query_vs_gensim.py.
+_BLAS_MIN_QUERIES = 8
+# A scan split over threads gives each at least this many rows; below it, thread hand-off
+# costs more than the split saves.
+_MIN_SCAN_PART = 16384
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child inherits the pool object but none of its threads.
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _scan_pool() -> ThreadPoolExecutor:
+    """One pool for every `Vectors`: the scans release the GIL, so its threads run them in
+    parallel, and a process holding many models still starts only one thread per core."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="w2v-scan")
+        return _POOL
 _NORM_CHUNK_ROWS = 16384
 # Block size of the two-level top-k search: small enough that the k best blocks are cheap to
 # partition, large enough that the block-max pass runs at memory speed.
@@ -153,7 +192,11 @@ class Vectors:
         words: Sequence[str],
         vectors: np.ndarray,
         counts: np.ndarray | None = None,
+        *,
+        search_threads: int | None = None,
     ) -> None:
+        """`search_threads`: threads a single query's scan may be split over (default: one
+        per core); batches of many queries use BLAS and its own thread setting."""
         words = list(words)
         if vectors.ndim != 2:
             raise ModelFormatError(f"vectors must be a 2-D (words x dimensions) array, got {vectors.ndim}-D")
@@ -182,6 +225,8 @@ class Vectors:
         self.vectors: np.ndarray = vectors if vectors.dtype == np.float32 else vectors.astype(np.float32)
         self.counts: np.ndarray | None = counts
         self._unit: FloatArray | None = None
+        self._int8: search.Int8Rows | None = None
+        self.search_threads: int = max(1, search_threads if search_threads is not None else os.cpu_count() or 1)
         self._unit_lock = threading.Lock()
 
     # ------------------------------------------------------------------ container protocol
@@ -228,10 +273,27 @@ class Vectors:
                     unit = np.empty(self.vectors.shape, dtype=np.float32)
                     for start in range(0, len(self), _NORM_CHUNK_ROWS):
                         stop = start + _NORM_CHUNK_ROWS
-                        unit[start:stop] = _unit_rows(self.vectors[start:stop])
+                        block = self.vectors[start:stop]
+                        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+                        if len(bad):
+                            raise ModelFormatError(
+                                f"the vector of {self.words[start + bad[0]]!r} holds NaN or infinity; "
+                                "no similarity can be computed from it"
+                            )
+                        unit[start:stop] = _unit_rows(block)
                     unit.flags.writeable = False
                     self._unit = unit
         return self._unit
+
+    @property
+    def int8_rows(self) -> search.Int8Rows:
+        """An int8 copy of `unit_vectors` for the single-query scan; built once, on first use."""
+        if self._int8 is None:
+            unit = self.unit_vectors
+            with self._unit_lock:
+                if self._int8 is None:
+                    self._int8 = search.Int8Rows.build(unit, _NORM_CHUNK_ROWS)
+        return self._int8
 
     # ------------------------------------------------------------------ pairwise similarity
 
@@ -404,26 +466,65 @@ class Vectors:
         if n == 0 or not parsed:
             return [[] for _ in parsed]
         candidates = unit[:n]
-        terms_per_query = 1 if method == "add" else max(len(q.positive) + len(q.negative) for q in parsed)
+        if method == "add":
+            for start in range(0, len(parsed), _ADD_QUERY_CHUNK):
+                part = parsed[start : start + _ADD_QUERY_CHUNK]
+                means = self._mean_directions(part)
+                shortlists = self._add_shortlist(means, part, candidates, topn)
+                results.extend(self._rank(shortlists, self._add_exact(means, shortlists), part, topn))
+            return results
+        terms_per_query = max(len(q.positive) + len(q.negative) for q in parsed)
         chunk = max(1, _SCORE_CHUNK_BYTES // (4 * n * terms_per_query))
         for start in range(0, len(parsed), chunk):
             part = parsed[start : start + chunk]
-            if method == "add":
-                means = self._mean_directions(part)
-                shortlists = self._shortlist(self._add_scores(means, candidates), part, topn, method)
-                exact = self._add_exact(means, shortlists)
-            else:
-                shortlists = self._shortlist(self._mul_scores(part, candidates), part, topn, method)
-                exact = self._mul_exact(part, shortlists)
-            results.extend(self._rank(shortlists, exact, part, topn))
+            shortlists = self._shortlist(self._mul_scores(part, candidates), part, topn, method)
+            results.extend(self._rank(shortlists, self._mul_exact(part, shortlists), part, topn))
         return results
 
-    @staticmethod
-    def _add_scores(means: FloatArray, candidates: FloatArray) -> FloatArray:
-        if len(means) == 1:
-            # A matrix-vector product is what a single query needs; gemm with one row is slower.
-            return (candidates @ means[0])[None, :]
-        return means @ candidates.T
+    def _add_shortlist(
+        self, means: FloatArray, queries: list[_Parsed], candidates: FloatArray, topn: int
+    ) -> list[IntArray]:
+        """Rows per query guaranteed to hold its exact 3CosAdd top `topn` (see `_shortlist`).
+
+        A few queries are answered by the int8 scan (memory-bound: a quarter of the bytes of
+        the unit matrix). A larger batch is one float32 matrix product, computed a block of
+        vocabulary rows at a time so the scores stay in cache, each block going straight into
+        per-query heaps; the queries x vocabulary score matrix is never stored.
+        """
+        n_queries, n = len(queries), candidates.shape[0]
+        k = min(topn + _RESCORE_MARGIN, n)
+        excluded = [sorted(i for i in query.excluded if i < n) for query in queries]
+        excluded_ptr = np.cumsum([0] + [len(rows) for rows in excluded], dtype=np.int64)
+        excluded_rows = np.fromiter((i for rows in excluded for i in rows), dtype=np.int64)
+        if n_queries < _BLAS_MIN_QUERIES:
+            return self._int8_shortlists(means, excluded, n, topn)
+        vals, rows = search.new_heaps(n_queries, k)
+        block = max(_MIN_SCORE_BLOCK, _SCORE_BLOCK_BYTES // (4 * n_queries))
+        buffer = np.empty((n_queries, block), dtype=np.float32)
+        for start in range(0, n, block):
+            part = candidates[start : start + block]
+            scores = buffer if len(part) == block else np.empty((n_queries, len(part)), dtype=np.float32)
+            np.matmul(means, part.T, out=scores)
+            search.push_block(scores, start, excluded_ptr, excluded_rows, vals, rows)
+        vals, rows = search.sorted_heaps(vals, rows)
+        gamma = self.vector_size * _EPS32 / (1 - self.vector_size * _EPS32)
+        shortlists: list[IntArray] = []
+        for q in range(n_queries):
+            taken = rows[q][rows[q] >= 0]
+            if len(taken) < k or k == n:
+                shortlists.append(taken)  # the heap holds every row the query may return
+                continue
+            # Rows whose float32 score is within twice the rounding bound of the topn-th best
+            # may outrank it exactly; if the heap's worst is still inside that band, some such
+            # rows may have missed the heap, so this (rare) query is scored again in full.
+            floor = vals[q, topn - 1] - 2 * gamma
+            if vals[q, k - 1] < floor:
+                shortlists.append(taken)
+                continue
+            full = candidates @ means[q]
+            full[excluded[q]] = -np.inf
+            shortlists.append(np.flatnonzero(full >= floor))
+        return shortlists
 
     @staticmethod
     def _mul_scores(queries: list[_Parsed], candidates: FloatArray) -> FloatArray:
@@ -481,12 +582,35 @@ class Vectors:
 
     def _add_exact(self, means: FloatArray, shortlists: list[IntArray]) -> list[np.ndarray]:
         unit = self.unit_vectors
-        means64 = means.astype(np.float64)
-        width = len(shortlists[0])
-        if all(len(c) == width for c in shortlists):
-            rows = unit[np.stack(shortlists)].astype(np.float64)  # (queries, shortlist, d)
-            return list(np.einsum("qkd,qd->qk", rows, means64))
-        return [unit[c].astype(np.float64) @ m for c, m in zip(shortlists, means64, strict=True)]
+        return [search.exact_scores(unit, rows, mean) for mean, rows in zip(means, shortlists, strict=True)]
+
+    def _int8_shortlists(
+        self, means: FloatArray, excluded: list[list[int]], n: int, topn: int
+    ) -> list[IntArray]:
+        """The int8 scan for each query, spread over `search_threads` threads: whole queries
+        per thread when there are enough of them, otherwise each query's rows in parts."""
+        rows = self.int8_rows
+        jobs: list[tuple[int, int, int, np.ndarray, float, float, np.ndarray]] = []
+        parts = max(1, min(self.search_threads, n // _MIN_SCAN_PART) // len(means))
+        for q, mean in enumerate(means):
+            codes, scale, residual = search.quantize_query(mean, self.vector_size)
+            # |exact - approximate| <= |q . row error| + |query error . approximated row|,
+            # plus float32 rounding in forming the approximate score.
+            query_norm = float(np.linalg.norm(mean.astype(np.float64)))
+            bound = query_norm * rows.max_error + residual * rows.max_norm + search.ROUNDING_SLACK
+            skip = np.asarray(excluded[q], dtype=np.int64)
+            edges = np.linspace(0, n, parts + 1).astype(int)
+            jobs.extend((q, int(lo), int(hi), codes, scale, bound, skip) for lo, hi in itertools.pairwise(edges))
+
+        def run(job: tuple[int, int, int, np.ndarray, float, float, np.ndarray]) -> IntArray:
+            _, lo, hi, codes, scale, bound, skip = job
+            return search.scan_int8(rows.codes, rows.scales, lo, hi, codes, scale, bound, skip, topn)
+
+        found = list(_scan_pool().map(run, jobs)) if len(jobs) > 1 and self.search_threads > 1 else map(run, jobs)
+        shortlists: list[list[IntArray]] = [[] for _ in means]
+        for job, rows_found in zip(jobs, found):  # noqa: B905 (map of the same list)
+            shortlists[job[0]].append(rows_found)
+        return [parts_[0] if len(parts_) == 1 else np.concatenate(parts_) for parts_ in shortlists]
 
     def _mul_exact(self, queries: list[_Parsed], shortlists: list[IntArray]) -> list[np.ndarray]:
         out = []

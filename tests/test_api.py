@@ -10,6 +10,8 @@ import base64
 import bz2
 import gzip
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 
 from app.main import create_app
+from app.modelstore import ModelNotFound
 from app.settings import Settings
 from model import Model, Vectors, load_model, save_model
 from worker.jobs import FileJobStore
@@ -508,6 +511,9 @@ def test_import_malformed_file_is_422(client: TestClient) -> None:
     assert r.status_code == 422
     r = client.post("/models/import?format=word2vec-text", content=b"2 3\nfoo 1 0\n")
     assert r.status_code == 422
+    # Diverged training writes NaN; such a model could only ever answer with NaN scores.
+    r = client.post("/models/import?format=word2vec-text", content=b"2 3\nfoo 1 0 0\nbar nan 1 0\n")
+    assert r.status_code == 422 and "'bar' holds NaN or infinity" in r.json()["detail"][0]["msg"]
     assert client.get("/models").json() == []
 
 
@@ -697,3 +703,40 @@ def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("W2V_STORE", str(tmp_path))
     assert Settings().api_keys == ["a", "b"]
     assert Settings().store == tmp_path
+
+
+def _age_models_folder(layout: StoreLayout, seconds: float) -> None:
+    st = os.stat(layout.models)
+    os.utime(layout.models, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_model_removed_behind_the_apis_back_stops_being_served(client: TestClient, layout: StoreLayout) -> None:
+    # Another replica (or an operator) deletes the directory: the event loop's fast path must
+    # notice through the folder's mtime, although the model is still loaded in this process.
+    model_id = put_model(layout, make_vectors(), name="elsewhere")
+    _age_models_folder(layout, 60)  # settled: the hot path trusts the listing
+    for _ in range(2):  # the first request loads the model and re-reads the listing
+        assert client.get("/similar", params={"word": "king", "model": model_id}).status_code == 200
+    shutil.rmtree(layout.model_dir(model_id))
+    assert client.get("/similar", params={"word": "king", "model": model_id}).status_code == 404
+    assert client.get("/similar", params={"word": "king"}).status_code == 404
+
+
+def test_a_listing_read_within_a_tick_of_a_change_is_not_trusted(layout: StoreLayout) -> None:
+    """A change in the same filesystem-clock tick as the listing leaves the mtime as it was."""
+    from app.modelstore import ModelStore
+
+    model_id = put_model(layout, make_vectors(), name="racy")
+    store = ModelStore(layout, cache_size=2)
+    assert store.get(model_id).model_id == model_id  # listed just after the change: unsettled
+    before = os.stat(layout.models)
+    shutil.rmtree(layout.model_dir(model_id))
+    os.utime(layout.models, ns=(before.st_atime_ns, before.st_mtime_ns))  # same tick: mtime unchanged
+    assert store.cached(model_id) is None  # not served from memory on the strength of the stale listing
+    with pytest.raises(ModelNotFound):
+        store.get(model_id)
+
+    settled = put_model(layout, make_vectors(), name="settled")
+    _age_models_folder(layout, 60)
+    store.get(settled)
+    assert store.cached(settled) is not None  # a settled listing is trusted: no disk checks

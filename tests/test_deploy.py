@@ -231,8 +231,8 @@ def test_dockerfile_requirements_step_lists_pyprojects_dependencies(tmp_path: Pa
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` is this one
     subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True, env={**os.environ, "PATH": path})
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert (tmp_path / "requirements.txt").read_text().split() == project["dependencies"]
-    assert (tmp_path / "requirements-gpu.txt").read_text().split() == project["optional-dependencies"]["gpu"]
+    assert (tmp_path / "requirements.txt").read_text().splitlines() == project["dependencies"]
+    assert (tmp_path / "requirements-gpu.txt").read_text().splitlines() == project["optional-dependencies"]["gpu"]
 
 
 def test_build_context_holds_only_the_package_sources() -> None:

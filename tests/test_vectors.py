@@ -125,8 +125,12 @@ def test_batch_equals_one_query_at_a_time(store, monkeypatch, method, restrict_v
     call = ours.most_similar if method == "add" else ours.most_similar_cosmul
     one_by_one = [call(**kw, topn=7, restrict_vocab=restrict_vocab) for kw in single_kwargs]
     assert ours.most_similar_batch(queries, topn=7, restrict_vocab=restrict_vocab, method=method) == one_by_one
-    # Splitting the batch into several matrix products must not change anything either.
+    # Splitting the batch into several matrix products (and ragged row blocks) must not
+    # change anything either.
     monkeypatch.setattr(vectors_module, "_SCORE_CHUNK_BYTES", 4 * N_WORDS * 5)
+    monkeypatch.setattr(vectors_module, "_ADD_QUERY_CHUNK", 9)
+    monkeypatch.setattr(vectors_module, "_MIN_SCORE_BLOCK", 1)
+    monkeypatch.setattr(vectors_module, "_SCORE_BLOCK_BYTES", 4 * 9 * 997)
     assert ours.most_similar_batch(queries, topn=7, restrict_vocab=restrict_vocab, method=method) == one_by_one
 
 
@@ -285,3 +289,66 @@ def test_blocked_top_k_returns_the_k_largest_values_even_with_ties(monkeypatch, 
     for row in range(6):
         assert len(set(idx[row].tolist())) == k
         np.testing.assert_array_equal(np.sort(scores[row, idx[row]]), np.sort(scores[row])[-k:])
+
+
+def exact_top(arr: np.ndarray, query: np.ndarray, topn: int, exclude: set[int], limit: int | None = None):
+    """Brute force in float64 on the float32 unit rows: best first, ties to the lower row."""
+    unit = vectors_module._unit_rows(arr).astype(np.float64)[:limit]
+    scores = unit @ vectors_module._unit_vector(query).astype(np.float64)
+    order = [int(i) for i in np.lexsort((np.arange(len(scores)), -scores)) if int(i) not in exclude]
+    return [(f"w{i}", float(scores[i])) for i in order[:topn]]
+
+
+@pytest.mark.parametrize("regime", ["int8-scan", "int8-scan-in-parts", "blas-batch"])
+def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, regime) -> None:
+    # 3000 rows within ~1e-4 of one direction: their scores differ far less than the int8
+    # copy can resolve, so only the error bound and the exact rescoring can order them.
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(48).astype(np.float32)
+    arr = rng.standard_normal((20000, 48)).astype(np.float32)
+    arr[5000:8000] = base + 1e-4 * rng.standard_normal((3000, 48)).astype(np.float32)
+    arr[9000:9005] = arr[5000]  # exact duplicates too
+    # In parts: 7 uneven row ranges (some with fewer rows than topn), scanned by a pool.
+    vecs = Vectors([f"w{i}" for i in range(len(arr))], arr, search_threads=7 if regime.endswith("parts") else 1)
+    monkeypatch.setattr(vectors_module, "_MIN_SCAN_PART", 1)
+    monkeypatch.setattr(vectors_module, "_BLAS_MIN_QUERIES", 1 if regime == "blas-batch" else 10**9)
+    probe = base + 1e-4 * rng.standard_normal(48).astype(np.float32)
+    for topn, restrict in [(10, None), (50, None), (10, 7000), (10, 40)]:
+        ours = vecs.most_similar([probe], topn=topn, restrict_vocab=restrict)
+        expected = exact_top(arr, probe, topn, set(), restrict)
+        assert [w for w, _ in ours] == [w for w, _ in expected]
+        np.testing.assert_allclose([s for _, s in ours], [s for _, s in expected], rtol=0, atol=1e-12)
+    ours = vecs.most_similar("w5000", topn=20)
+    assert [w for w, _ in ours] == [w for w, _ in exact_top(arr, arr[5000], 20, {5000})]
+    words = ["w5000", "w5001", "w9000"]
+    assert vecs.most_similar_batch(words, topn=15) == [vecs.most_similar(w, topn=15) for w in words]
+
+
+def test_int8_error_bound_holds_for_every_row() -> None:
+    from model import search
+
+    rng = np.random.default_rng(3)
+    for dim in (1, 7, 100, 300, 700):  # 700: the query codes must shrink to avoid overflow
+        arr = rng.standard_normal((2000, dim)).astype(np.float32)
+        arr[::7] *= rng.uniform(1e-3, 1e3, size=(len(arr[::7]), 1)).astype(np.float32)
+        arr[3] = 0.0
+        unit = vectors_module._unit_rows(arr)
+        rows = search.Int8Rows.build(unit, chunk_rows=333)
+        for query in (unit[5], unit[3], vectors_module._unit_vector(rng.standard_normal(dim))):
+            codes, scale, residual = search.quantize_query(query, dim)
+            dots = rows.codes.astype(np.int64) @ codes.astype(np.int64)
+            assert np.abs(dots).max() < 2**31
+            approx = dots * (rows.scales.astype(np.float64) * scale)
+            exact = unit.astype(np.float64) @ query.astype(np.float64)
+            bound = np.linalg.norm(query.astype(np.float64)) * rows.max_error + residual * rows.max_norm
+            assert np.all(np.abs(approx - exact) <= bound)
+            assert bound < 0.02 * max(1.0, dim / 100)  # tight enough to prune (~topn candidates)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_vectors_are_a_format_error_naming_the_word(bad: float) -> None:
+    arr = np.ones((40000, 4), dtype=np.float32)  # the bad row sits in the second norm chunk
+    arr[20000, 2] = bad
+    vecs = Vectors([f"w{i}" for i in range(len(arr))], arr)
+    with pytest.raises(ModelFormatError, match=r"'w20000'.*NaN or infinity"):
+        vecs.most_similar("w1")

@@ -7,7 +7,10 @@ a lost lease, an orphaned job) checkable in seconds.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +27,8 @@ from worker.jobs import FileJobStore, JobRecord, JobStore, RedisJobStore, utcnow
 from worker.runner import JobContext, initial_progress, requeue_orphans, run_job
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout, new_id
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -416,3 +421,22 @@ def test_a_save_killed_mid_way_leaves_nothing_for_the_next_attempt(ctx: JobConte
     assert run_job(ctx, rec.job_id) == "succeeded"
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in ctx.layout.models.iterdir()) == sorted([rec.target_model_id, other.name])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+@pytest.mark.parametrize("cpu_idle", [True, False])
+def test_worker_priority_settings_reach_the_training_threads(tmp_path: Path, cpu_idle: bool) -> None:
+    # In a child process: the policy and nice value cannot be raised back once lowered.
+    code = f"""
+import os, threading, types
+from worker.settings import WorkerSettings
+from worker.tasks import _lower_priority
+settings = WorkerSettings(store={str(tmp_path)!r}, nice=3, cpu_idle={cpu_idle})
+_lower_priority(sender=types.SimpleNamespace(app=types.SimpleNamespace(w2v_settings=settings)))
+seen = {{}}
+thread = threading.Thread(target=lambda: seen.update(policy=os.sched_getscheduler(0), nice=os.nice(0)))
+thread.start(); thread.join()
+print(seen["policy"] == os.SCHED_IDLE, seen["nice"])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.split() == [str(cpu_idle), "3"]

@@ -50,6 +50,12 @@ class WorkerSettings(BaseSettings):
         description="CPU priority a worker lowers itself by (as nice(1)): on a host shared with the API, "
         "training then yields the cores to queries instead of stalling them. `w2v serve` uses 10.",
     )
+    cpu_idle: bool = Field(
+        default=False,
+        description="Run training under Linux's SCHED_IDLE policy: it gets only the CPU time nothing "
+        "else wants, and a waking API thread preempts it at once (a niced task can still hold a core "
+        "for a scheduler slice). For hosts shared with the API; `w2v serve` turns it on.",
+    )
     visibility_timeout_s: float | None = Field(
         default=None,
         gt=0,

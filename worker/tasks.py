@@ -75,10 +75,18 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
 @signals.worker_init.connect
 def _lower_priority(sender: Any = None, **_: Any) -> None:
     settings: WorkerSettings | None = getattr(getattr(sender, "app", None), "w2v_settings", None)
-    if settings is not None and settings.nice:
-        # In the main thread before any job: the training threads a job starts inherit it.
+    if settings is None:
+        return
+    # In the main thread before any job: the training threads a job starts inherit both.
+    if settings.nice:
         os.nice(settings.nice)
         log.info("running at nice %d", os.nice(0))
+    if settings.cpu_idle:
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            log.info("running under SCHED_IDLE: training uses only CPU time the API leaves")
+        else:
+            log.warning("W2V_CPU_IDLE is set but this platform has no SCHED_IDLE; ignored")
 
 
 @signals.worker_shutting_down.connect
