@@ -41,9 +41,10 @@ Method: TypeAlias = Literal["add", "mul"]
 
 # Bounds on temporaries, so a query over millions of words never allocates more than this.
 _SCORE_CHUNK_BYTES = 64 * 2**20
-# 3CosAdd batches score this many bytes of (queries x rows) at a time: about half an L2
-# cache, so the selection reads what the matrix product has just written while it is hot.
-_SCORE_BLOCK_BYTES = 512 * 2**10
+# 3CosAdd batches score this many bytes of (queries x rows) at a time: about an L2 cache, so
+# the selection reads what the matrix product has just written while it is hot, and blocks
+# are still wide enough (4,096 rows for 64 queries) for BLAS to run near full speed.
+_SCORE_BLOCK_BYTES = 2**20
 _MIN_SCORE_BLOCK = 1024
 _ADD_QUERY_CHUNK = 256
 # Below this many queries the int8 scan (one pass per query over a quarter of the bytes) beats
@@ -52,7 +53,17 @@ _BLAS_MIN_QUERIES = 8
 # A scan split over threads gives each at least this many rows; below it, thread hand-off
 # costs more than the split saves.
 _MIN_SCAN_PART = 16384
-
+_NORM_CHUNK_ROWS = 16384
+# Block size of the two-level top-k search: small enough that the k best blocks are cheap to
+# partition, large enough that the block-max pass runs at memory speed.
+_TOPK_BLOCK = 128
+# gensim's 3CosMul denominator guard (Levy & Goldberg use the same epsilon).
+_COSMUL_EPS = 1e-6
+# Extra candidates taken into the exact rescoring, so that it rarely needs more.
+_RESCORE_MARGIN = 8
+_EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff
+# Relative allowance for float32 rounding in 3CosMul's products and quotient.
+_COSMUL_REL_SLACK = 1e-4
 
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
@@ -76,17 +87,6 @@ def _scan_pool() -> ThreadPoolExecutor:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="w2v-scan")
         return _POOL
-_NORM_CHUNK_ROWS = 16384
-# Block size of the two-level top-k search: small enough that the k best blocks are cheap to
-# partition, large enough that the block-max pass runs at memory speed.
-_TOPK_BLOCK = 128
-# gensim's 3CosMul denominator guard (Levy & Goldberg use the same epsilon).
-_COSMUL_EPS = 1e-6
-# Extra candidates taken into the exact rescoring, so that it rarely needs more.
-_RESCORE_MARGIN = 8
-_EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff
-# Relative allowance for float32 rounding in 3CosMul's products and quotient.
-_COSMUL_REL_SLACK = 1e-4
 
 
 def _unit_rows(block: np.ndarray) -> FloatArray:
