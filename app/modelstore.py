@@ -244,8 +244,11 @@ class ModelStore:
             except ModelFormatError as exc:
                 log.error("model %s: %s", resolved, exc)
                 raise ModelDamaged(resolved, str(exc)) from exc
-            # Build the normalised matrix and its int8 copy before the first query waits on them.
+            # Build the normalised matrix and its int8 copy, and load the compiled search
+            # kernels, before the first query waits on them.
             model.vectors.int8_rows  # noqa: B018
+            if len(model.vectors) > 1:
+                model.vectors.most_similar(model.vectors.words[0], topn=1)
             loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path)
             evicted: list[LoadedModel] = []
             with self._lock:

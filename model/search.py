@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["Int8Rows", "exact_scores", "new_heaps", "push_block", "quantize_query", "scan_int8", "sorted_heaps"]
+__all__ = ["Int8Rows", "new_heaps", "push_block", "quantize_query", "scan_int8", "sorted_heaps"]
 
 # Scores are tested this many at a time; the test is a branch-free loop the compiler
 # vectorises, so a block that holds nothing better than the heap's worst costs little.
@@ -231,20 +231,3 @@ def scan_int8(
                 out[count] = start + r
                 count += 1
     return out[:count].copy()
-
-
-@njit(nogil=True, cache=True)
-def exact_scores(unit: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """float64 dot products of `query` with `unit[rows]`, each summed in dimension order.
-
-    A fixed order (no fast-math reassociation, no BLAS blocking) makes a row's score the same
-    bits whichever search produced the row and whatever else was in the batch.
-    """
-    out = np.empty(rows.shape[0], dtype=np.float64)
-    for i in range(rows.shape[0]):
-        row = unit[rows[i]]
-        total = 0.0
-        for j in range(row.shape[0]):
-            total += np.float64(row[j]) * np.float64(query[j])
-        out[i] = total
-    return out

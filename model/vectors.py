@@ -15,13 +15,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from model import search
 from model.errors import ModelFormatError, ParameterError, UnknownWordError
+
+if TYPE_CHECKING:
+    from model import search
 
 __all__ = ["Method", "Query", "Term", "Terms", "Vectors"]
 
@@ -50,6 +52,10 @@ _ADD_QUERY_CHUNK = 256
 # Below this many queries the int8 scan (one pass per query over a quarter of the bytes) beats
 # one float32 matrix product for the whole batch; measured with bench/query_vs_gensim.py.
 _BLAS_MIN_QUERIES = 8
+# The int8 copy takes about as long to build as 80 float32 searches save (1M x 100: 1.6 s
+# against ~20 ms saved per query), so it is built only once a Vectors has answered this many
+# small searches; until then they use the float32 path. (The service builds it at load.)
+_INT8_AFTER_SEARCHES = 32
 # A scan split over threads gives each at least this many rows; below it, thread hand-off
 # costs more than the split saves.
 _MIN_SCAN_PART = 16384
@@ -226,6 +232,7 @@ class Vectors:
         self.counts: np.ndarray | None = counts
         self._unit: FloatArray | None = None
         self._int8: search.Int8Rows | None = None
+        self._small_searches = 0
         self.search_threads: int = max(1, search_threads if search_threads is not None else os.cpu_count() or 1)
         self._unit_lock = threading.Lock()
 
@@ -287,11 +294,14 @@ class Vectors:
 
     @property
     def int8_rows(self) -> search.Int8Rows:
-        """An int8 copy of `unit_vectors` for the single-query scan; built once, on first use."""
+        """An int8 copy of `unit_vectors` for the single-query scan; built once, on first use
+        (the 33rd small search builds it, or a caller that expects many queries, up front)."""
         if self._int8 is None:
             unit = self.unit_vectors
             with self._unit_lock:
                 if self._int8 is None:
+                    from model import search  # Numba: loaded only once a search needs it
+
                     self._int8 = search.Int8Rows.build(unit, _NORM_CHUNK_ROWS)
         return self._int8
 
@@ -487,9 +497,10 @@ class Vectors:
         """Rows per query guaranteed to hold its exact 3CosAdd top `topn` (see `_shortlist`).
 
         A few queries are answered by the int8 scan (memory-bound: a quarter of the bytes of
-        the unit matrix). A larger batch is one float32 matrix product, computed a block of
-        vocabulary rows at a time so the scores stay in cache, each block going straight into
-        per-query heaps; the queries x vocabulary score matrix is never stored.
+        the unit matrix) once the int8 copy exists. Otherwise the scores are float32 products,
+        for a batch computed a block of vocabulary rows at a time so the scores stay in cache,
+        each block going straight into per-query heaps; the queries x vocabulary score matrix
+        is never stored.
         """
         n_queries, n = len(queries), candidates.shape[0]
         k = min(topn + _RESCORE_MARGIN, n)
@@ -497,7 +508,15 @@ class Vectors:
         excluded_ptr = np.cumsum([0] + [len(rows) for rows in excluded], dtype=np.int64)
         excluded_rows = np.fromiter((i for rows in excluded for i in rows), dtype=np.int64)
         if n_queries < _BLAS_MIN_QUERIES:
-            return self._int8_shortlists(means, excluded, n, topn)
+            self._small_searches += 1
+            if self._int8 is not None or self._small_searches > _INT8_AFTER_SEARCHES:
+                return self._int8_shortlists(means, excluded, n, topn)
+            # Plain NumPy, so a one-shot caller (the CLI) loads no compiled kernel at all.
+            # A matrix-vector product is what one query needs; a one-row gemm is slower.
+            scores = (candidates @ means[0])[None, :] if n_queries == 1 else means @ candidates.T
+            return self._shortlist(scores, queries, topn, "add")
+        from model import search
+
         vals, rows = search.new_heaps(n_queries, k)
         block = max(_MIN_SCORE_BLOCK, _SCORE_BLOCK_BYTES // (4 * n_queries))
         buffer = np.empty((n_queries, block), dtype=np.float32)
@@ -582,13 +601,21 @@ class Vectors:
 
     def _add_exact(self, means: FloatArray, shortlists: list[IntArray]) -> list[np.ndarray]:
         unit = self.unit_vectors
-        return [search.exact_scores(unit, rows, mean) for mean, rows in zip(means, shortlists, strict=True)]
+        # A row-wise sum over a contiguous float64 copy adds each row's products in the same
+        # order whichever search produced the row and whatever else was in the batch, so a
+        # word's score has the same bits on every path.
+        return [
+            (unit[rows].astype(np.float64) * mean.astype(np.float64)).sum(axis=1)
+            for mean, rows in zip(means, shortlists, strict=True)
+        ]
 
     def _int8_shortlists(
         self, means: FloatArray, excluded: list[list[int]], n: int, topn: int
     ) -> list[IntArray]:
         """The int8 scan for each query, spread over `search_threads` threads: whole queries
         per thread when there are enough of them, otherwise each query's rows in parts."""
+        from model import search
+
         rows = self.int8_rows
         jobs: list[tuple[int, int, int, np.ndarray, float, float, np.ndarray]] = []
         parts = max(1, min(self.search_threads, n // _MIN_SCAN_PART) // len(means))

@@ -45,13 +45,37 @@ QUERIES = [
 ]
 
 
+@pytest.fixture(params=["float32", "int8"])
+def search_path(request, store, monkeypatch) -> str:
+    """Single queries take the float32 product until a Vectors has answered
+    _INT8_AFTER_SEARCHES of them, the int8 scan after: both must give gensim's answers."""
+    ours, _, _ = store
+    if request.param == "int8":
+        monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
+    else:
+        monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 10**9)
+        monkeypatch.setattr(ours, "_int8", None)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("kwargs", QUERIES)
-def test_most_similar_matches_gensim(store, kwargs) -> None:
+def test_most_similar_matches_gensim(store, search_path, kwargs) -> None:
     ours, kv, _ = store
     assert_same_hits(ours.most_similar(**kwargs), kv.most_similar(**kwargs))
+    assert (ours._int8 is not None) == (search_path == "int8")
 
 
-def test_long_queries_match_gensim(store) -> None:
+def test_int8_copy_is_built_only_after_enough_small_searches() -> None:
+    rng = np.random.default_rng(1)
+    vecs = Vectors([f"w{i}" for i in range(500)], rng.standard_normal((500, 8)).astype(np.float32))
+    for i in range(vectors_module._INT8_AFTER_SEARCHES):
+        vecs.most_similar(f"w{i}")
+    assert vecs._int8 is None  # a one-shot user (the CLI) never pays for it
+    vecs.most_similar("w0")
+    assert vecs._int8 is not None
+
+
+def test_long_queries_match_gensim(store, search_path) -> None:
     # More query words than the shortlist margin, all close to each other: without excluding
     # them before the top-k, they would crowd out the real answers.
     ours, kv, _ = store
@@ -60,7 +84,7 @@ def test_long_queries_match_gensim(store) -> None:
     assert_same_hits(ours.most_similar_cosmul(cluster), kv.most_similar_cosmul(cluster))
 
 
-def test_raw_vector_queries_match_gensim(store) -> None:
+def test_raw_vector_queries_match_gensim(store, search_path) -> None:
     ours, kv, arr = store
     probe = arr[123] * 3 + arr[456]
     assert_same_hits(ours.most_similar(positive=[probe]), kv.most_similar(positive=[probe]))
@@ -91,7 +115,7 @@ def test_cosmul_restrict_vocab_is_gensims_ranking_cut_to_the_first_words(store) 
     assert_same_hits(got, expected)
 
 
-def test_analogy_is_b_plus_c_minus_a(store) -> None:
+def test_analogy_is_b_plus_c_minus_a(store, search_path) -> None:
     ours, kv, _ = store
     assert_same_hits(ours.analogy("w1", "w2", "w3"), kv.most_similar(positive=["w2", "w3"], negative=["w1"]))
     assert_same_hits(
@@ -104,6 +128,7 @@ def test_analogy_is_b_plus_c_minus_a(store) -> None:
 @pytest.mark.parametrize("restrict_vocab", [None, 5000])
 def test_batch_equals_one_query_at_a_time(store, monkeypatch, method, restrict_vocab) -> None:
     ours, _, arr = store
+    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)  # singles: int8 scan; batch: BLAS
     queries = [
         "w1",
         ["w2", "w3"],
@@ -299,7 +324,7 @@ def exact_top(arr: np.ndarray, query: np.ndarray, topn: int, exclude: set[int], 
     return [(f"w{i}", float(scores[i])) for i in order[:topn]]
 
 
-@pytest.mark.parametrize("regime", ["int8-scan", "int8-scan-in-parts", "blas-batch"])
+@pytest.mark.parametrize("regime", ["int8-scan", "int8-scan-in-parts", "float32-single", "blas-batch"])
 def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, regime) -> None:
     # 3000 rows within ~1e-4 of one direction: their scores differ far less than the int8
     # copy can resolve, so only the error bound and the exact rescoring can order them.
@@ -311,6 +336,7 @@ def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, reg
     # In parts: 7 uneven row ranges (some with fewer rows than topn), scanned by a pool.
     vecs = Vectors([f"w{i}" for i in range(len(arr))], arr, search_threads=7 if regime.endswith("parts") else 1)
     monkeypatch.setattr(vectors_module, "_MIN_SCAN_PART", 1)
+    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0 if regime.startswith("int8") else 10**9)
     monkeypatch.setattr(vectors_module, "_BLAS_MIN_QUERIES", 1 if regime == "blas-batch" else 10**9)
     probe = base + 1e-4 * rng.standard_normal(48).astype(np.float32)
     for topn, restrict in [(10, None), (50, None), (10, 7000), (10, 40)]:
