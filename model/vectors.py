@@ -505,8 +505,6 @@ class Vectors:
         n_queries, n = len(queries), candidates.shape[0]
         k = min(topn + _RESCORE_MARGIN, n)
         excluded = [sorted(i for i in query.excluded if i < n) for query in queries]
-        excluded_ptr = np.cumsum([0] + [len(rows) for rows in excluded], dtype=np.int64)
-        excluded_rows = np.fromiter((i for rows in excluded for i in rows), dtype=np.int64)
         if n_queries < _BLAS_MIN_QUERIES:
             self._small_searches += 1
             if self._int8 is not None or self._small_searches > _INT8_AFTER_SEARCHES:
@@ -517,6 +515,8 @@ class Vectors:
             return self._shortlist(scores, queries, topn, "add")
         from model import search
 
+        excluded_ptr = np.cumsum([0] + [len(rows) for rows in excluded], dtype=np.int64)
+        excluded_rows = np.fromiter((i for rows in excluded for i in rows), dtype=np.int64)
         vals, rows = search.new_heaps(n_queries, k)
         block = max(_MIN_SCORE_BLOCK, _SCORE_BLOCK_BYTES // (4 * n_queries))
         buffer = np.empty((n_queries, block), dtype=np.float32)
@@ -526,7 +526,7 @@ class Vectors:
             np.matmul(means, part.T, out=scores)
             search.push_block(scores, start, excluded_ptr, excluded_rows, vals, rows)
         vals, rows = search.sorted_heaps(vals, rows)
-        gamma = self.vector_size * _EPS32 / (1 - self.vector_size * _EPS32)
+        gamma = self._dot_rounding_bound()
         shortlists: list[IntArray] = []
         for q in range(n_queries):
             taken = rows[q][rows[q] >= 0]
@@ -567,6 +567,11 @@ class Vectors:
             row += n_pos + n_neg
         return scores
 
+    def _dot_rounding_bound(self) -> float:
+        """|float32 dot - exact dot| <= gamma_d for unit vectors (Higham's bound, any summation
+        order), d the vector size."""
+        return self.vector_size * _EPS32 / (1 - self.vector_size * _EPS32)
+
     def _shortlist(self, scores: FloatArray, queries: list[_Parsed], topn: int, method: Method) -> list[IntArray]:
         """Candidate rows per query, guaranteed to contain its exact top `topn`.
 
@@ -588,10 +593,8 @@ class Vectors:
             return shortlists
         ascending = np.sort(np.take_along_axis(scores, idx, axis=1), axis=1)
         threshold = ascending[:, k - min(topn, k)]  # the topn-th best float32 score
-        # |float32 dot - exact dot| <= gamma_d for unit vectors (Higham's bound, any summation
-        # order); 3CosMul's products and quotient get a relative allowance on top.
-        gamma = self.vector_size * _EPS32 / (1 - self.vector_size * _EPS32)
-        slack = 2 * gamma + (np.abs(threshold) * _COSMUL_REL_SLACK if method == "mul" else 0.0)
+        # 3CosMul's products and quotient get a relative allowance on top of the dot products'.
+        slack = 2 * self._dot_rounding_bound() + (np.abs(threshold) * _COSMUL_REL_SLACK if method == "mul" else 0.0)
         floor = threshold - slack
         for row in np.flatnonzero(ascending[:, 0] >= floor):
             # Rare: the band reaches past the shortlist (near-duplicate vectors, or a topn close
@@ -619,6 +622,7 @@ class Vectors:
         rows = self.int8_rows
         jobs: list[tuple[int, int, int, np.ndarray, float, float, np.ndarray]] = []
         parts = max(1, min(self.search_threads, n // _MIN_SCAN_PART) // len(means))
+        spans = list(itertools.pairwise(int(edge) for edge in np.linspace(0, n, parts + 1)))
         for q, mean in enumerate(means):
             codes, scale, residual = search.quantize_query(mean, self.vector_size)
             # |exact - approximate| <= |q . row error| + |query error . approximated row|,
@@ -626,8 +630,7 @@ class Vectors:
             query_norm = float(np.linalg.norm(mean.astype(np.float64)))
             bound = query_norm * rows.max_error + residual * rows.max_norm + search.ROUNDING_SLACK
             skip = np.asarray(excluded[q], dtype=np.int64)
-            edges = np.linspace(0, n, parts + 1).astype(int)
-            jobs.extend((q, int(lo), int(hi), codes, scale, bound, skip) for lo, hi in itertools.pairwise(edges))
+            jobs.extend((q, lo, hi, codes, scale, bound, skip) for lo, hi in spans)
 
         def run(job: tuple[int, int, int, np.ndarray, float, float, np.ndarray]) -> IntArray:
             _, lo, hi, codes, scale, bound, skip = job
