@@ -37,6 +37,8 @@ from tests.test_service_e2e import (
     Processes,
     clean_env,
     free_port,
+    start_api,
+    start_worker,
     submit,
     wait_ready,
     wait_until,
@@ -46,16 +48,6 @@ from worker.storage import StoreLayout, is_id
 pytestmark = pytest.mark.slow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def start_api(processes: Processes, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    return processes.start("api", argv, env)
-
-
-def start_worker(processes: Processes, env: dict[str, str], module: str = "app.cli") -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", module, *(["worker"] if module == "app.cli" else []), "--queues", "cpu"]
-    return processes.start("worker", argv, env)
 
 
 def job(client: httpx.Client, job_id: str) -> dict[str, Any]:

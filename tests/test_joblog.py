@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from worker.runner import JobContext, run_job
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout
 
+from .test_service_e2e import stop_group
 from .test_worker import submit
 
 
@@ -112,13 +112,7 @@ def test_worker_process_writes_json_lines_with_the_job_id(tmp_path: Path) -> Non
             else:
                 raise AssertionError("the job did not finish: " + log_path.read_text(errors="replace")[-3000:])
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop_group(proc, grace=20)
     entries = []
     for line in log_path.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):

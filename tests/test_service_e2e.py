@@ -77,6 +77,31 @@ class Processes:
         return "\n".join(parts)
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to the process's group, SIGKILL if it is still there after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def start_api(processes: Processes, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    return processes.start("api", argv, env)
+
+
+def start_worker(
+    processes: Processes, env: dict[str, str], module: str = "app.cli", queues: str | None = "cpu"
+) -> subprocess.Popen[bytes]:
+    """A `w2v worker` (or a stand-in module with the same arguments); queues None: its defaults."""
+    argv = [sys.executable, "-m", module, *(["worker"] if module == "app.cli" else [])]
+    return processes.start("worker", argv + (["--queues", queues] if queues else []), env)
+
+
 def clean_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("W2V_")}
     env.update(values)
@@ -183,10 +208,8 @@ def test_api_and_celery_worker_on_redis(
     store = tmp_path / "store"
     port = free_port()
     env = clean_env(W2V_STORE=str(store), W2V_BROKER_URL=REDIS_URL, W2V_NAMESPACE=redis_namespace)
-    api = processes.start(
-        "api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], env
-    )
-    worker = processes.start("worker", [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"], env)
+    api = start_api(processes, env, port)
+    worker = start_worker(processes, env)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [api, worker])
         walkthrough(client, store, corpus_gz)
@@ -204,9 +227,8 @@ def test_killed_worker_job_resumes_from_checkpoint(
         W2V_LEASE_TTL_S="3",
         W2V_SWEEP_INTERVAL_S="1",
     )
-    api = processes.start("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)], env)
-    worker_argv = [sys.executable, "-m", "app.cli", "worker"]
-    first = processes.start("worker", worker_argv, env)
+    api = start_api(processes, env, port)
+    first = start_worker(processes, env, queues=None)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [api, first])
         job_id, _ = submit(client, corpus_gz, epochs=40)
@@ -222,7 +244,7 @@ def test_killed_worker_job_resumes_from_checkpoint(
         assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
 
         # Twice: the second worker is killed too once it has resumed and trained further.
-        second = processes.start("worker", worker_argv, env)
+        second = start_worker(processes, env, queues=None)
 
         def resumed_further() -> bool:
             job = client.get(f"/jobs/{job_id}").json()
@@ -232,7 +254,7 @@ def test_killed_worker_job_resumes_from_checkpoint(
         wait_until(resumed_further, 120, "the resumed job to reach epoch 10")
         Processes.kill(second)
         second.wait(timeout=10)
-        processes.start("worker", worker_argv, env)
+        start_worker(processes, env, queues=None)
 
         def finished() -> dict[str, Any] | None:
             job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()

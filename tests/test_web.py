@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.settings import Settings
+from tests.test_service_e2e import stop_group
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -124,14 +125,7 @@ def serving(tmp_path: Path, **settings: str) -> Iterator[tuple[str, Path]]:
             time.sleep(0.2)
         yield base, log_path
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc, grace=30)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the worker child, should it have outlived serve
         print(log_path.read_text(errors="replace")[-5000:])  # shown only when the test failed
