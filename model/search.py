@@ -38,6 +38,15 @@ def _worse(va: np.float32, ra: np.int64, vb: np.float32, rb: np.int64) -> bool:
 
 
 @njit(inline="always")
+def _listed(row: int, rows: np.ndarray) -> bool:
+    """Whether `row` is among `rows` (a query's own words: a handful, so a linear look)."""
+    for listed in rows:  # noqa: SIM110 - Numba compiles a loop, not any() over a generator
+        if listed == row:
+            return True
+    return False
+
+
+@njit(inline="always")
 def _replace_root(vals: np.ndarray, rows: np.ndarray, value: np.float32, row: np.int64) -> None:
     """Put (value, row) in place of the worst entry and restore the min-heap order."""
     k = vals.shape[0]
@@ -98,11 +107,7 @@ def push_block(
                 value = line[c]
                 if value > qvals[0]:
                     row = first_row + c
-                    skip = False
-                    for e in range(lo, hi):
-                        if excluded_rows[e] == row:
-                            skip = True
-                    if not skip:
+                    if not _listed(row, excluded_rows[lo:hi]):
                         _replace_root(qvals, qrows, value, np.int64(row))
 
 
@@ -211,23 +216,13 @@ def scan_int8(
     for r in range(n_rows):
         a = np.float32(dots[r]) * (scales[start + r] * q_scale)
         approx[r] = a
-        if a > best[0]:
-            taken = True
-            for e in excluded:
-                if e == start + r:
-                    taken = False
-            if taken:
-                _replace_root(best, no_rows, a, np.int64(0))
+        if a > best[0] and not _listed(start + r, excluded):
+            _replace_root(best, no_rows, a, np.int64(0))
     cut = best[0] - np.float32(2 * error_bound)
     out = np.empty(n_rows, dtype=np.int64)
     count = 0
     for r in range(n_rows):
-        if approx[r] >= cut:
-            taken = True
-            for e in excluded:
-                if e == start + r:
-                    taken = False
-            if taken:
-                out[count] = start + r
-                count += 1
+        if approx[r] >= cut and not _listed(start + r, excluded):
+            out[count] = start + r
+            count += 1
     return out[:count].copy()
