@@ -5,6 +5,7 @@ Messages carry ids only (JSON), never arrays; everything else is read from the j
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -77,16 +78,31 @@ def _lower_priority(sender: Any = None, **_: Any) -> None:
     settings: WorkerSettings | None = getattr(getattr(sender, "app", None), "w2v_settings", None)
     if settings is None:
         return
-    # In the main thread before any job: the training threads a job starts inherit both.
+    # Linux keeps both per thread. Threads started later (a job's training threads) inherit
+    # them from this one; threads already running, such as the BLAS pool NumPy started at
+    # import (used to build neighbour tables), must be lowered one by one.
+    threads = _thread_ids()
     if settings.nice:
-        os.nice(settings.nice)
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + settings.nice))
         log.info("running at nice %d", os.nice(0))
     if settings.cpu_idle:
         if hasattr(os, "SCHED_IDLE"):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            for tid in threads:
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             log.info("running under SCHED_IDLE: training uses only CPU time the API leaves")
         else:
             log.warning("W2V_CPU_IDLE is set but this platform has no SCHED_IDLE; ignored")
+
+
+def _thread_ids() -> list[int]:
+    """This process's threads (Linux), or just the calling one where /proc is absent."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
 
 
 @signals.worker_shutting_down.connect
