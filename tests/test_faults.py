@@ -99,7 +99,7 @@ def test_sigterm_hands_the_running_job_back_promptly(
     worker = start_worker(processes, env)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [api, worker])
-        job_id, _ = submit(client, corpus_gz, epochs=24)
+        job_id, _ = submit(client, corpus_gz, epochs=40)
         epoch = 2
         for _ in range(2):
             reached = wait_for_epoch(client, job_id, epoch)["progress"]["epoch"]
@@ -186,7 +186,7 @@ def test_redis_restarts_mid_job(processes: Processes, own_redis: OwnRedis, tmp_p
     worker = start_worker(processes, env)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [api, worker])
-        job_id, _ = submit(client, corpus_gz, epochs=30)
+        job_id, _ = submit(client, corpus_gz, epochs=100)
         epoch = 2
         for _ in range(2):
             epoch = wait_for_epoch(client, job_id, epoch)["progress"]["epoch"] + 3
