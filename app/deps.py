@@ -11,11 +11,7 @@ from app.auth import Owner
 from app.corpora import CorpusStore
 from app.modelstore import ModelStore
 from app.services import Services
-from app.settings import Settings, get_settings
 from worker.jobs import JobStore
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
 
 # Dependencies are `async def` because they never block: a plain `def` would cost each
 # request a round trip through the thread pool.

@@ -40,9 +40,8 @@ Train word2vec (CBOW, negative sampling) embeddings on your corpora and query th
 
 
 def _resolve_settings(app: FastAPI) -> Settings:
-    provider = app.dependency_overrides.get(get_settings, get_settings)
-    settings: Settings = provider()
-    return settings
+    settings: Settings | None = getattr(app.state, "settings", None)
+    return settings if settings is not None else get_settings()
 
 
 @asynccontextmanager
@@ -81,8 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
+    # Kept on the app rather than as a dependency override: FastAPI re-analyses the signature
+    # of every dependency on every request while any override is set (2 ms per request).
+    app.state.settings = settings
     app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
     # Added last, so outermost: it also counts and times what the inner middleware answers (413s).
     app.state.metrics = AppMetrics(lambda: getattr(app.state, "services", None))

@@ -157,6 +157,11 @@ class ModelPublic(ModelSummary):
     training: dict[str, Any] | None = Field(None, description="Training time, words/s, final loss, device.")
     evaluations: list[dict[str, Any]] = Field(default_factory=list)
     version: str | None = None
+    neighbours: dict[str, int] | None = Field(
+        None,
+        description="The precomputed neighbour table (`words` most frequent words, `k` neighbours each): "
+        "one-word /similar queries within it are lookups. None: every query searches.",
+    )
 
 
 class SimilarHit(BaseModel):

@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import Model, Vectors, save_model  # noqa: E402
+from model.neighbours import build_neighbours  # noqa: E402
+from worker.settings import WorkerSettings  # noqa: E402
 from worker.storage import StoreLayout, new_id  # noqa: E402
 
 
@@ -52,14 +54,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_model(layout: StoreLayout, n_words: int, dim: int, seed: int) -> list[str]:
+def write_model(layout: StoreLayout, n_words: int, dim: int, seed: int, neighbour_words: int) -> list[str]:
+    """A random model, with the neighbour table a worker builds after training (unless 0 words)."""
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(n_words)]
-    vectors = rng.standard_normal((n_words, dim), dtype=np.float32)
-    counts = np.arange(n_words, 0, -1, dtype=np.int64)
+    vectors = Vectors(words, rng.standard_normal((n_words, dim), dtype=np.float32), np.arange(n_words, 0, -1))
+    settings = WorkerSettings(store=layout.root, neighbour_words=neighbour_words)
+    vectors.attach_neighbours(build_neighbours(vectors, k=settings.neighbour_topn, words=settings.neighbour_words))
     model_id = new_id()
     meta = {"model_id": model_id, "name": "load-bench", "created_at": "2030-01-01T00:00:00.000+00:00"}
-    save_model(layout.model_dir(model_id), Model(Vectors(words, vectors, counts), meta))
+    save_model(layout.model_dir(model_id), Model(vectors, meta))
     return words
 
 
@@ -191,6 +195,12 @@ def main() -> int:
     parser.add_argument(
         "--worker-cpu-idle", choices=["true", "false"], default="true", help="W2V_CPU_IDLE for the worker (as serve)"
     )
+    parser.add_argument(
+        "--neighbour-words",
+        type=int,
+        default=WorkerSettings.model_fields["neighbour_words"].default,
+        help="words in the model's neighbour table, as W2V_NEIGHBOUR_WORDS (0: none, every query searches)",
+    )
     parser.add_argument("--phases", default="idle,training", help="comma-separated: idle, training")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -199,8 +209,12 @@ def main() -> int:
         layout = StoreLayout.at(Path(tmp) / "store")
         layout.ensure()
         t0 = time.perf_counter()
-        words = write_model(layout, args.words, args.dim, args.seed)
-        print(f"model: {args.words} x {args.dim} written in {time.perf_counter() - t0:.1f} s", flush=True)
+        words = write_model(layout, args.words, args.dim, args.seed, args.neighbour_words)
+        print(
+            f"model: {args.words} x {args.dim}, neighbour table of {min(args.neighbour_words, args.words)} words, "
+            f"written in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("W2V_")}
         env.update(W2V_STORE=str(layout.root), W2V_THREADS=str(args.worker_threads), W2V_NICE=str(args.worker_nice))
@@ -279,6 +293,7 @@ def main() -> int:
         "worker_threads": args.worker_threads,
         "worker_nice": args.worker_nice,
         "worker_cpu_idle": args.worker_cpu_idle == "true",
+        "neighbour_words": min(args.neighbour_words, args.words),
         "phases": results,
     }
     print(json.dumps(summary))

@@ -1,4 +1,5 @@
-"""The model directory format: float32 `vectors.npy`, `vocab.tsv` (word, count), `meta.json`.
+"""The model directory format: float32 `vectors.npy`, `vocab.tsv` (word, count), `meta.json`,
+and optionally `neighbours.npy` (the precomputed neighbour table, `model.neighbours`).
 
 `meta.json` carries a SHA-256 of each data file so a torn or tampered model is refused at
 load time instead of answering queries with garbage. Directories are written to a staging
@@ -19,12 +20,14 @@ import numpy as np
 
 from model.atomic import publish_dir, staging_dir
 from model.errors import ModelFormatError
+from model.neighbours import NeighbourTable
 from model.vectors import Vectors
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "vectors.npy"
 VOCAB_FILE = "vocab.tsv"
 META_FILE = "meta.json"
+NEIGHBOURS_FILE = "neighbours.npy"
 
 
 @dataclass
@@ -56,12 +59,19 @@ def save_model(path: str | Path, model: Model, *, overwrite: bool = False) -> No
         with (stage / VOCAB_FILE).open("w", encoding="utf-8", newline="\n") as fh:
             for i, word in enumerate(model.vectors.words):
                 fh.write(f"{word}\t{int(counts[i]) if counts is not None else 0}\n")
+        names = [VECTORS_FILE, VOCAB_FILE]
         meta = dict(model.meta)
+        meta.pop("neighbours", None)
+        table = model.vectors.neighbours
+        if table is not None:
+            table.save(stage / NEIGHBOURS_FILE)
+            names.append(NEIGHBOURS_FILE)
+            meta["neighbours"] = {"words": table.n_words, "k": table.k}
         meta.update(
             format_version=FORMAT_VERSION,
             vocab_size=len(model.vectors.words),
             vector_size=int(vectors.shape[1]),
-            files={name: _sha256(stage / name) for name in (VECTORS_FILE, VOCAB_FILE)},
+            files={name: _sha256(stage / name) for name in names},
         )
         (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         publish_dir(stage, target, overwrite=overwrite)
@@ -88,8 +98,12 @@ def load_model(path: str | Path, *, mmap: bool = True, verify: bool = True) -> M
     root = Path(path)
     meta = read_meta(root)
     files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise ModelFormatError(f"{root / META_FILE}: 'files' must map file names to checksums")
+    # The table is optional, but once meta.json lists it, it must be there and intact.
+    names = [VECTORS_FILE, VOCAB_FILE] + ([NEIGHBOURS_FILE] if NEIGHBOURS_FILE in files else [])
     if verify:
-        for name in (VECTORS_FILE, VOCAB_FILE):
+        for name in names:
             expected = files.get(name)
             if not (root / name).is_file():
                 raise ModelFormatError(f"{root}: {name} is missing")
@@ -112,4 +126,7 @@ def load_model(path: str | Path, *, mmap: bool = True, verify: bool = True) -> M
         raise ModelFormatError(
             f"{root}: {VECTORS_FILE} has shape {vectors.shape} {vectors.dtype}, expected ({len(words)}, d) float32"
         )
-    return Model(Vectors(words, vectors, np.asarray(counts, dtype=np.int64)), meta)
+    loaded = Vectors(words, vectors, np.asarray(counts, dtype=np.int64))
+    if NEIGHBOURS_FILE in names:
+        loaded.attach_neighbours(NeighbourTable.load(root / NEIGHBOURS_FILE, len(words)))
+    return Model(loaded, meta)

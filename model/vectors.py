@@ -24,6 +24,7 @@ from model.errors import ModelFormatError, ParameterError, UnknownWordError
 
 if TYPE_CHECKING:
     from model import search
+    from model.neighbours import NeighbourTable
 
 __all__ = ["Method", "Query", "Term", "Terms", "Vectors"]
 
@@ -184,6 +185,13 @@ def _top_k(scores: FloatArray, k: int) -> IntArray:
     return np.take_along_axis(cand, pick, axis=1)
 
 
+def _check_limits(topn: int, restrict_vocab: int | None) -> None:
+    if isinstance(topn, bool) or not isinstance(topn, int | np.integer) or topn < 1:
+        raise ParameterError(f"topn must be a positive integer, got {topn!r}")
+    if restrict_vocab is not None and restrict_vocab < 1:
+        raise ParameterError(f"restrict_vocab must be at least 1, got {restrict_vocab}")
+
+
 class Vectors:
     """Word vectors plus the similarity queries the service answers.
 
@@ -233,6 +241,8 @@ class Vectors:
         self._unit: FloatArray | None = None
         self._int8: search.Int8Rows | None = None
         self._small_searches = 0
+        #: Precomputed top neighbours of the most frequent words (`model.neighbours`), if any.
+        self.neighbours: NeighbourTable | None = None
         self.search_threads: int = max(1, search_threads if search_threads is not None else os.cpu_count() or 1)
         self._unit_lock = threading.Lock()
 
@@ -364,6 +374,17 @@ class Vectors:
         """
         return self._search([(positive, negative)], topn, restrict_vocab, "add")[0]
 
+    def precomputed_neighbours(
+        self, word: str, topn: int = 10, restrict_vocab: int | None = None
+    ) -> list[tuple[str, float]] | None:
+        """`most_similar(word, topn=topn, restrict_vocab=restrict_vocab)` read from the
+        neighbour table without searching, or None when the table cannot answer it exactly
+        (no table, a word outside it, or a `topn` beyond it). Costs microseconds, so a server
+        can answer it where it stands instead of queueing it for a search thread."""
+        _check_limits(topn, restrict_vocab)
+        row = self.index(word)
+        return self._table_hits(row, topn, len(self) if restrict_vocab is None else min(restrict_vocab, len(self)))
+
     def most_similar_cosmul(
         self,
         positive: Terms = None,
@@ -453,10 +474,7 @@ class Vectors:
         restrict_vocab: int | None,
         method: Method,
     ) -> list[list[tuple[str, float]]]:
-        if isinstance(topn, bool) or not isinstance(topn, int | np.integer) or topn < 1:
-            raise ParameterError(f"topn must be a positive integer, got {topn!r}")
-        if restrict_vocab is not None and restrict_vocab < 1:
-            raise ParameterError(f"restrict_vocab must be at least 1, got {restrict_vocab}")
+        _check_limits(topn, restrict_vocab)
         if method not in ("add", "mul"):
             raise ParameterError(f"method must be 'add' or 'mul', got {method!r}")
         unknown: list[str] = []
@@ -477,12 +495,15 @@ class Vectors:
             return [[] for _ in parsed]
         candidates = unit[:n]
         if method == "add":
-            for start in range(0, len(parsed), _ADD_QUERY_CHUNK):
-                part = parsed[start : start + _ADD_QUERY_CHUNK]
+            looked_up = [self._from_table(q, topn, n) for q in parsed]
+            searched = [q for q, hits in zip(parsed, looked_up, strict=True) if hits is None]
+            for start in range(0, len(searched), _ADD_QUERY_CHUNK):
+                part = searched[start : start + _ADD_QUERY_CHUNK]
                 means = self._mean_directions(part)
                 shortlists = self._add_shortlist(means, part, candidates, topn)
                 results.extend(self._rank(shortlists, self._add_exact(means, shortlists), part, topn))
-            return results
+            found = iter(results)
+            return [hits if hits is not None else next(found) for hits in looked_up]
         terms_per_query = max(len(q.positive) + len(q.negative) for q in parsed)
         chunk = max(1, _SCORE_CHUNK_BYTES // (4 * n * terms_per_query))
         for start in range(0, len(parsed), chunk):
@@ -490,6 +511,26 @@ class Vectors:
             shortlists = self._shortlist(self._mul_scores(part, candidates), part, topn, method)
             results.extend(self._rank(shortlists, self._mul_exact(part, shortlists), part, topn))
         return results
+
+    def _from_table(self, query: _Parsed, topn: int, n: int) -> list[tuple[str, float]] | None:
+        """The answer from the neighbour table, for a query of one word and nothing else."""
+        if self.neighbours is None or len(query.positive) != 1 or query.negative or len(query.excluded) != 1:
+            return None
+        (row,) = query.excluded
+        return self._table_hits(row, topn, n)
+
+    def _table_hits(self, row: int, topn: int, n: int) -> list[tuple[str, float]] | None:
+        found = self.neighbours.lookup(row, topn, n) if self.neighbours is not None else None
+        if found is None:
+            return None
+        words = self.words
+        return [(words[i], s) for i, s in zip(*found, strict=True)]
+
+    def attach_neighbours(self, table: NeighbourTable | None) -> None:
+        """Answer one-word 3CosAdd queries from `table` (built for these vectors) from now on."""
+        if table is not None and table.vocab_size != len(self):
+            raise ModelFormatError(f"a neighbour table for {table.vocab_size} words does not fit {len(self)} words")
+        self.neighbours = table
 
     def _add_shortlist(
         self, means: FloatArray, queries: list[_Parsed], candidates: FloatArray, topn: int
@@ -612,9 +653,7 @@ class Vectors:
             for mean, rows in zip(means, shortlists, strict=True)
         ]
 
-    def _int8_shortlists(
-        self, means: FloatArray, excluded: list[list[int]], n: int, topn: int
-    ) -> list[IntArray]:
+    def _int8_shortlists(self, means: FloatArray, excluded: list[list[int]], n: int, topn: int) -> list[IntArray]:
         """The int8 scan for each query, spread over `search_threads` threads: whole queries
         per thread when there are enough of them, otherwise each query's rows in parts."""
         from model import search

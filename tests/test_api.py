@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.batching import QueryBatcher
 from app.main import create_app
 from app.modelstore import ModelNotFound
 from app.settings import Settings
 from model import Model, Vectors, load_model, save_model
+from model.neighbours import build_neighbours
 from worker.jobs import FileJobStore
 from worker.storage import StoreLayout, new_id
 
@@ -548,6 +550,53 @@ def test_similar_matches_the_library(client: TestClient, vectors: Vectors, model
     assert r.json()["results"][0]["word"] == "queen"
     r = client.get("/similar", params={"word": "w5", "restrict_vocab": 50, "model": model_id})
     assert r.json()["results"] == hits(vectors.most_similar("w5", topn=10, restrict_vocab=50))
+
+
+def test_similar_answers_from_the_neighbour_table_as_the_search_would(
+    client: TestClient, layout: StoreLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searched = make_vectors(seed=4)
+    indexed = Vectors(searched.words, searched.vectors, searched.counts)
+    indexed.attach_neighbours(build_neighbours(indexed, k=10, words=100))
+    model_id = put_model(layout, indexed, name="indexed")
+    assert client.get(f"/models/{model_id}").json()["neighbours"] == {"words": 100, "k": 10}
+    queue: list[Any] = []
+    real_submit = QueryBatcher.submit
+
+    def submit(self: QueryBatcher, *args: Any, **kwargs: Any) -> Any:
+        queue.append(args)
+        return real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueryBatcher, "submit", submit)
+    for params in [{"word": "king", "topn": 7}, {"word": "w50", "restrict_vocab": 1000}, {"positive": "w90"}]:
+        r = client.get("/similar", params={**params, "model": model_id})
+        topn, restrict = params.get("topn", 10), params.get("restrict_vocab")
+        word = str(params.get("word", params.get("positive")))
+        assert r.json()["results"] == hits(searched.most_similar(word, topn=topn, restrict_vocab=restrict))
+    assert queue == []  # answered where they stood, not queued for a search
+    # Beyond the table (a word past its 100, a topn past its 10): searched, same answers.
+    for params in [{"word": "w200"}, {"word": "king", "topn": 11}]:
+        r = client.get("/similar", params={**params, "model": model_id})
+        assert r.json()["results"] == hits(searched.most_similar(params["word"], topn=params.get("topn", 10)))
+    assert len(queue) == 2
+
+
+def test_requests_do_not_re_analyse_endpoint_signatures(client: TestClient, model_id: str, monkeypatch) -> None:
+    # FastAPI re-reads every dependency's signature on every request while any dependency
+    # override is set: 2 ms per request, more than the query itself. `w2v serve` passes its
+    # settings to create_app, so they must not be passed as an override.
+    import fastapi.dependencies.utils as fastapi_deps
+
+    def requests() -> None:
+        assert client.get("/similar", params={"word": "king"}).status_code == 200
+        assert client.get("/jobs").status_code == 200
+
+    requests()  # routes may finish their set-up on first use
+    calls: list[object] = []
+    real = fastapi_deps.get_dependant
+    monkeypatch.setattr(fastapi_deps, "get_dependant", lambda **kw: calls.append(kw["call"]) or real(**kw))
+    requests()
+    assert calls == []
 
 
 def test_analogy_matches_the_library(client: TestClient, vectors: Vectors) -> None:

@@ -256,10 +256,50 @@ def test_job_succeeds_and_saves_the_model(ctx: JobContext) -> None:
     assert model.meta["job_id"] == rec.job_id and model.meta["corpus_id"] == rec.corpus_id
     assert model.meta["name"] == "ok" and model.meta["source"] == "trained"
     assert model.meta["config"]["vector_size"] == 16 and len(model.vectors) == 72
+    # Saved with the neighbour table of every word, so one-word queries are lookups.
+    table = model.vectors.neighbours
+    assert table is not None and (table.n_words, table.k) == (72, 20)
     assert not ctx.layout.checkpoint_dir(rec.job_id).exists()
     assert ctx.jobs.lease_holder(rec.job_id) is None
     # A second delivery of the same message does nothing.
     assert run_job(ctx, rec.job_id) == "already succeeded"
+
+
+def test_neighbour_table_size_follows_the_settings(ctx: JobContext) -> None:
+    ctx.settings = ctx.settings.model_copy(update={"neighbour_words": 10, "neighbour_topn": 4})
+    rec = submit(ctx)
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    table = load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours
+    assert table is not None and (table.n_words, table.k) == (10, 4)
+    ctx.settings = ctx.settings.model_copy(update={"neighbour_words": 0})
+    rec = submit(ctx)
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    assert load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours is None
+
+
+@pytest.mark.parametrize("interruption", ["cancel", "time_limit"])
+def test_stopping_while_the_neighbour_table_is_built(ctx: JobContext, monkeypatch, interruption: str) -> None:
+    real_build = runner.build_neighbours
+
+    def interrupted(vectors: Any, **kw: Any) -> Any:
+        stop = kw["should_stop"]
+        if interruption == "cancel":
+            ctx.jobs.update(rec.job_id, cancel_requested=True)
+            stop._next_read = 0.0  # read the cancel flag on the next poll
+        else:
+            stop.deadline = 0.0
+        return real_build(vectors, **kw)
+
+    monkeypatch.setattr(runner, "build_neighbours", interrupted)
+    rec = submit(ctx)
+    if interruption == "cancel":
+        # Cancelled means cancelled, even once training is over: no model.
+        assert run_job(ctx, rec.job_id) == "cancelled"
+        assert not ctx.layout.model_dir(rec.target_model_id).exists()
+    else:
+        # Out of time: the trained model is kept, without its table (its queries search).
+        assert run_job(ctx, rec.job_id) == "succeeded"
+        assert load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours is None
 
 
 def test_unknown_job_message_is_dropped(ctx: JobContext) -> None:
@@ -425,18 +465,25 @@ def test_a_save_killed_mid_way_leaves_nothing_for_the_next_attempt(ctx: JobConte
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
 @pytest.mark.parametrize("cpu_idle", [True, False])
-def test_worker_priority_settings_reach_the_training_threads(tmp_path: Path, cpu_idle: bool) -> None:
+def test_worker_priority_settings_reach_every_thread(tmp_path: Path, cpu_idle: bool) -> None:
     # In a child process: the policy and nice value cannot be raised back once lowered.
     code = f"""
 import os, threading, types
 from worker.settings import WorkerSettings
 from worker.tasks import _lower_priority
 settings = WorkerSettings(store={str(tmp_path)!r}, nice=3, cpu_idle={cpu_idle})
-_lower_priority(sender=types.SimpleNamespace(app=types.SimpleNamespace(w2v_settings=settings)))
 seen = {{}}
-thread = threading.Thread(target=lambda: seen.update(policy=os.sched_getscheduler(0), nice=os.nice(0)))
-thread.start(); thread.join()
-print(seen["policy"] == os.SCHED_IDLE, seen["nice"])
+def report(name):
+    seen[name] = (os.sched_getscheduler(0) == os.SCHED_IDLE, os.nice(0))
+go = threading.Event()
+# A thread already running when the worker lowers itself, as the BLAS pool is.
+early = threading.Thread(target=lambda: (go.wait(), report("early")))
+early.start()
+_lower_priority(sender=types.SimpleNamespace(app=types.SimpleNamespace(w2v_settings=settings)))
+go.set(); early.join()
+later = threading.Thread(target=report, args=("later",))
+later.start(); later.join()
+print(*seen["early"], *seen["later"])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert done.stdout.split() == [str(cpu_idle), "3"]
+    assert done.stdout.split() == [str(cpu_idle), "3"] * 2

@@ -22,6 +22,7 @@ from typing import Any
 
 from model import (
     EmptyVocabularyError,
+    Model,
     Progress,
     TrainConfig,
     TrainingCancelled,
@@ -31,6 +32,7 @@ from model import (
     train,
 )
 from model.backend import free_device_memory
+from model.neighbours import build_neighbours
 from worker.joblog import job_log_context
 from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, utcnow
 from worker.settings import WorkerSettings
@@ -315,6 +317,8 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"
 
+    if not _index_neighbours(ctx, job_id, trained, stop):
+        return _stopped(ctx, rec, stop.reason)
     if lease.lost.is_set():
         return "abandoned (lease lost)"
     if ctx.jobs.cancel_requested(job_id):
@@ -337,6 +341,34 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
     _finish(ctx, job_id, "succeeded", model_id=rec.target_model_id, progress=final)
     log.info("job %s: model %s saved", job_id, rec.target_model_id)
     return "succeeded"
+
+
+def _index_neighbours(ctx: JobContext, job_id: str, trained: Model, stop: _StopCheck) -> bool:
+    """Attach the neighbour table to a trained model; False when the job must stop instead.
+
+    Running out of time here costs only the table: the model is trained, so it is saved
+    without one (its queries search), rather than thrown away.
+    """
+    settings = ctx.settings
+    if not settings.neighbour_words or not settings.neighbour_topn:
+        return True
+    started = time.monotonic()
+    try:
+        table = build_neighbours(
+            trained.vectors, k=settings.neighbour_topn, words=settings.neighbour_words, should_stop=stop
+        )
+    except TrainingCancelled:
+        if stop.reason == "time_limit":
+            log.warning("job %s: time limit reached while building the neighbour table; saving without it", job_id)
+            return True
+        return False
+    trained.vectors.attach_neighbours(table)
+    if table is not None:
+        log.info(
+            "job %s: neighbour table of %d words x %d built in %.1f s",
+            job_id, table.n_words, table.k, time.monotonic() - started,
+        )  # fmt: skip
+    return True
 
 
 def _stopped(ctx: JobContext, rec: JobRecord, reason: str | None) -> str:

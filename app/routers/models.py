@@ -83,6 +83,7 @@ def get_model(model_id: str, models: ModelsDep, owner: OwnerDep) -> ModelPublic:
             "training": meta.get("training"),
             "version": meta.get("version"),
             "evaluations": evaluations,
+            "neighbours": meta.get("neighbours"),
         }
     )
 

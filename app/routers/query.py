@@ -94,7 +94,11 @@ async def similar(
         )
     lm = await loaded_model(models, model, owner)
     _check_known(lm, pos + neg)
-    hits = await asyncio.wrap_future(lm.batcher.submit(pos, neg, topn=topn, restrict_vocab=restrict_vocab))
+    hits = None
+    if len(pos) == 1 and not neg:
+        hits = lm.model.vectors.precomputed_neighbours(pos[0], topn, restrict_vocab)
+    if hits is None:
+        hits = await asyncio.wrap_future(lm.batcher.submit(pos, neg, topn=topn, restrict_vocab=restrict_vocab))
     return _results_json(lm.model_id, hits)
 
 

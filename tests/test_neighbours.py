@@ -1,0 +1,188 @@
+"""The precomputed neighbour table answers exactly what the search answers, and only that."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+import model.vectors as vectors_module
+from model import Model, ModelFormatError, TrainingCancelled, Vectors, load_model, save_model
+from model.neighbours import NeighbourTable, build_neighbours
+from model.store import NEIGHBOURS_FILE
+
+K = 12
+
+
+def _vectors(n: int = 3000, dim: int = 16, seed: int = 3) -> Vectors:
+    rng = np.random.default_rng(seed)
+    arr = rng.standard_normal((n, dim)).astype(np.float32)
+    if n > 505:
+        # Near-ties and exact duplicates, so the table must keep the search's tie order.
+        arr[100:400] = arr[50] + 1e-4 * rng.standard_normal((300, dim)).astype(np.float32)
+        arr[500:505] = arr[60]
+    return Vectors([f"w{i}" for i in range(n)], arr, np.arange(n, 0, -1))
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[Vectors, Vectors]:
+    """The same vectors twice: one answering from a table of its first 2000 words, one searching."""
+    searched = _vectors()
+    indexed = Vectors(searched.words, searched.vectors, searched.counts)
+    indexed.attach_neighbours(build_neighbours(indexed, k=K, words=2000))
+    return indexed, searched
+
+
+def _lookups(vectors: Vectors, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records each row the table is asked about."""
+    assert vectors.neighbours is not None
+    asked: list[int] = []
+    original = NeighbourTable.lookup
+
+    def spy(table: NeighbourTable, row: int, topn: int, limit: int) -> tuple[list[int], list[float]] | None:
+        if table is vectors.neighbours:
+            asked.append(row)
+        return original(table, row, topn, limit)
+
+    monkeypatch.setattr(NeighbourTable, "lookup", spy)
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("topn", "restrict_vocab"), [(1, None), (10, None), (K, None), (5, 2500), (3, 400), (10, 60), (K + 1, None)]
+)
+def test_table_answers_equal_the_search_bit_for_bit(pair, topn, restrict_vocab) -> None:
+    indexed, searched = pair
+    # Every word of the table, the tie clusters included, plus words past its end.
+    for word in [*indexed.words[:2000:7], "w50", "w60", "w100", "w501", "w2001", "w2999"]:
+        expected = searched.most_similar(word, topn=topn, restrict_vocab=restrict_vocab)
+        assert indexed.most_similar(word, topn=topn, restrict_vocab=restrict_vocab) == expected
+        direct = indexed.precomputed_neighbours(word, topn, restrict_vocab)
+        assert direct is None or direct == expected
+
+
+def test_batches_mix_table_answers_and_searches_in_order(pair) -> None:
+    indexed, searched = pair
+    queries = ["w5", ["w5", "w6"], ("w7", ["w8"]), "w2500", "w9", [searched.vectors[3]]]
+    assert indexed.most_similar_batch(queries, topn=8) == searched.most_similar_batch(queries, topn=8)
+
+
+def test_only_one_word_queries_within_the_table_read_it(pair, monkeypatch) -> None:
+    indexed, _ = pair
+    asked = _lookups(indexed, monkeypatch)
+    indexed.most_similar("w5", topn=5)
+    assert asked == [5]
+    indexed.most_similar(["w5", "w6"])
+    indexed.most_similar("w5", negative="w6")
+    # Queries naming one word but asking something else.
+    indexed.most_similar(["w5", "w5"])
+    indexed.most_similar(["w5", indexed.vectors[9]])
+    indexed.most_similar(negative="w5")
+    indexed.most_similar([indexed.vectors[5]])
+    indexed.most_similar_cosmul("w5")
+    indexed.analogy("w1", "w2", "w3")
+    assert asked == [5]
+    # Outside the table, or beyond its k: searched (the lookup declines).
+    assert indexed.precomputed_neighbours("w2500") is None
+    assert indexed.precomputed_neighbours("w5", topn=K + 1) is None
+    # Restricted to so few rows that fewer than topn of the listed neighbours remain: searched.
+    assert indexed.precomputed_neighbours("w5", topn=10, restrict_vocab=20) is None
+
+
+def test_a_table_of_every_other_word_answers_any_topn() -> None:
+    vectors = _vectors(n=30, dim=5)
+    searched = Vectors(vectors.words, vectors.vectors)
+    vectors.attach_neighbours(build_neighbours(vectors, k=100))
+    assert vectors.neighbours is not None and vectors.neighbours.k == 29
+    for topn, restrict in [(29, None), (50, None), (10, 5)]:
+        hits = vectors.precomputed_neighbours("w3", topn, restrict)
+        assert hits is not None and hits == searched.most_similar("w3", topn=topn, restrict_vocab=restrict)
+
+
+def test_table_matches_gensim(pair) -> None:
+    indexed, _ = pair
+    kv = KeyedVectors(indexed.vector_size)
+    kv.add_vectors(indexed.words, np.asarray(indexed.vectors))
+    for word in ["w0", "w77", "w1999"]:
+        ours = indexed.precomputed_neighbours(word, topn=10)
+        theirs = kv.most_similar(word, topn=10)
+        assert ours is not None
+        assert [w for w, _ in ours] == [w for w, _ in theirs]
+        np.testing.assert_allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-5)
+
+
+def test_saved_with_the_model_and_loaded_from_a_memory_map(pair, tmp_path: Path, monkeypatch) -> None:
+    indexed, searched = pair
+    save_model(tmp_path / "m", Model(indexed, {"name": "x"}))
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["neighbours"] == {"words": 2000, "k": K}
+    assert NEIGHBOURS_FILE in meta["files"]
+    loaded = load_model(tmp_path / "m").vectors
+    assert loaded.neighbours is not None and isinstance(loaded.neighbours.rows.base, np.memmap)
+    asked = _lookups(loaded, monkeypatch)
+    assert loaded.most_similar("w42", topn=7) == searched.most_similar("w42", topn=7)
+    assert asked == [42]
+    # A model saved without a table loads without one, and meta.json says nothing of one.
+    save_model(tmp_path / "plain", Model(searched, {"neighbours": {"words": 1, "k": 1}}))
+    assert "neighbours" not in json.loads((tmp_path / "plain" / "meta.json").read_text())
+    assert load_model(tmp_path / "plain").vectors.neighbours is None
+
+
+def test_a_damaged_or_missing_table_refuses_the_model(pair, tmp_path: Path) -> None:
+    indexed, _ = pair
+    save_model(tmp_path / "m", Model(indexed))
+    table = tmp_path / "m" / NEIGHBOURS_FILE
+    blob = bytearray(table.read_bytes())
+    blob[-3] ^= 0xFF
+    table.write_bytes(bytes(blob))
+    with pytest.raises(ModelFormatError, match=r"neighbours\.npy does not match"):
+        load_model(tmp_path / "m")
+    table.unlink()
+    with pytest.raises(ModelFormatError, match=r"neighbours\.npy is missing"):
+        load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    ("rows", "vocab", "message"),
+    [
+        (np.array([[1, 2], [0, 7]]), 5, "outside the vocabulary"),
+        (np.array([[1, -1]]), 5, "outside the vocabulary"),
+        (np.zeros((6, 2), dtype=np.int32), 5, "do not fit"),
+        (np.zeros((2, 5), dtype=np.int32), 5, "do not fit"),
+    ],
+)
+def test_a_table_that_does_not_fit_its_vocabulary_is_refused(rows, vocab, message) -> None:
+    with pytest.raises(ModelFormatError, match=message):
+        NeighbourTable.checked(rows, np.zeros(rows.shape), vocab, "t")
+
+
+def test_a_table_for_other_vectors_cannot_be_attached(pair) -> None:
+    indexed, _ = pair
+    with pytest.raises(ModelFormatError, match="does not fit"):
+        _vectors(n=100).attach_neighbours(indexed.neighbours)
+
+
+def test_build_reports_progress_and_stops_when_asked(monkeypatch) -> None:
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 100)
+    vectors = _vectors(n=500, dim=8)
+    seen: list[tuple[int, int]] = []
+    table = build_neighbours(vectors, k=5, words=350, progress=lambda done, total: seen.append((done, total)))
+    assert table is not None and table.rows.shape == (350, 5)
+    assert seen == [(100, 350), (200, 350), (300, 350), (350, 350)]
+    polls = iter([False, False, True])
+    with pytest.raises(TrainingCancelled):
+        build_neighbours(vectors, k=5, should_stop=lambda: next(polls))
+    assert build_neighbours(vectors, k=0) is None
+    assert build_neighbours(vectors, k=5, words=0) is None
+    assert build_neighbours(Vectors(["only"], np.ones((1, 3), np.float32)), k=5) is None
+
+
+def test_lookup_reads_no_more_than_one_row(pair, monkeypatch) -> None:
+    # One-word queries must not touch the search at all: no unit-matrix product, no scan.
+    indexed, _ = pair
+    monkeypatch.setattr(indexed, "_add_shortlist", None)
+    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
+    assert len(indexed.most_similar("w10", topn=K)) == K
