@@ -110,6 +110,13 @@ class ProgressPublic(BaseModel):
     eta_s: float | None = None
     alpha: float | None = None
     elapsed_s: float | None = None
+    phase: Literal["training", "indexing"] | None = Field(
+        None,
+        description="While running: training, then indexing (building the model's neighbour table, "
+        "`neighbour_words_done` of `neighbour_words_total` words).",
+    )
+    neighbour_words_done: int | None = None
+    neighbour_words_total: int | None = None
 
 
 class JobPublic(BaseModel):

@@ -265,12 +265,24 @@ def test_job_succeeds_and_saves_the_model(ctx: JobContext) -> None:
     assert run_job(ctx, rec.job_id) == "already succeeded"
 
 
-def test_neighbour_table_size_follows_the_settings(ctx: JobContext) -> None:
-    ctx.settings = ctx.settings.model_copy(update={"neighbour_words": 10, "neighbour_topn": 4})
+def test_neighbour_table_size_follows_the_settings(ctx: JobContext, monkeypatch) -> None:
+    update = {"neighbour_words": 10, "neighbour_topn": 4, "progress_interval_s": 0}
+    ctx.settings = ctx.settings.model_copy(update=update)
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 4)
+    written: list[dict[str, Any]] = []
+    real_update = ctx.jobs.update
+    monkeypatch.setattr(ctx.jobs, "update", lambda job_id, **kw: written.append(kw) or real_update(job_id, **kw))
     rec = submit(ctx)
     assert run_job(ctx, rec.job_id) == "succeeded"
     table = load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours
     assert table is not None and (table.n_words, table.k) == (10, 4)
+    # Watchers see the job train, then index, then finish (the phase is for running jobs only).
+    reported = [w["progress"] for w in written if "progress" in w]
+    phases = [(p.get("phase"), p.get("neighbour_words_done")) for p in reported]
+    assert phases[0] == ("training", None) and phases[-3:] == [("indexing", 4), ("indexing", 8), ("indexing", 10)]
+    final = state(ctx, rec.job_id).progress
+    assert final is not None and "phase" not in final and final["neighbour_words_done"] == 10
+    assert final["epoch"] == final["epochs"] == 3
     ctx.settings = ctx.settings.model_copy(update={"neighbour_words": 0})
     rec = submit(ctx)
     assert run_job(ctx, rec.job_id) == "succeeded"

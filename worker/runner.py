@@ -188,7 +188,9 @@ class _ProgressWriter:
         self._lock = threading.Lock()
 
     def __call__(self, p: Progress) -> None:
-        d = progress_dict(p)
+        self.record({**progress_dict(p), "phase": "training"})
+
+    def record(self, d: dict[str, Any]) -> None:
         with self._lock:
             self.last = d
             now = time.monotonic()
@@ -317,7 +319,7 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"
 
-    if not _index_neighbours(ctx, job_id, trained, stop):
+    if not _index_neighbours(ctx, job_id, trained, stop, progress):
         return _stopped(ctx, rec, stop.reason)
     if lease.lost.is_set():
         return "abandoned (lease lost)"
@@ -337,25 +339,39 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         save_model(model_dir, trained)
     except FileExistsError:
         log.info("job %s: model %s was saved by a concurrent delivery", job_id, rec.target_model_id)
-    final = progress.last or initial_progress(config.epochs)
+    final = {k: v for k, v in (progress.last or initial_progress(config.epochs)).items() if k != "phase"}
     _finish(ctx, job_id, "succeeded", model_id=rec.target_model_id, progress=final)
     log.info("job %s: model %s saved", job_id, rec.target_model_id)
     return "succeeded"
 
 
-def _index_neighbours(ctx: JobContext, job_id: str, trained: Model, stop: _StopCheck) -> bool:
+def _index_neighbours(
+    ctx: JobContext, job_id: str, trained: Model, stop: _StopCheck, progress: _ProgressWriter
+) -> bool:
     """Attach the neighbour table to a trained model; False when the job must stop instead.
 
-    Running out of time here costs only the table: the model is trained, so it is saved
-    without one (its queries search), rather than thrown away.
+    The job's progress says so meanwhile (phase "indexing"). Running out of time here costs
+    only the table: the model is trained, so it is saved without one (its queries search),
+    rather than thrown away.
     """
     settings = ctx.settings
     if not settings.neighbour_words or not settings.neighbour_topn:
         return True
     started = time.monotonic()
+    trained_progress = progress.last or {}
+
+    def report(done: int, total: int) -> None:
+        progress.record(
+            {**trained_progress, "phase": "indexing", "neighbour_words_done": done, "neighbour_words_total": total}
+        )
+
     try:
         table = build_neighbours(
-            trained.vectors, k=settings.neighbour_topn, words=settings.neighbour_words, should_stop=stop
+            trained.vectors,
+            k=settings.neighbour_topn,
+            words=settings.neighbour_words,
+            should_stop=stop,
+            progress=report,
         )
     except TrainingCancelled:
         if stop.reason == "time_limit":

@@ -321,7 +321,10 @@
     badge.className = `badge ${job.state}`;
     $("#job-epoch").textContent = p.epochs ? `${p.epoch || 0} / ${p.epochs}` : "–";
     $("#job-speed").textContent = fmtRate(p.words_per_sec);
-    $("#job-eta").textContent = job.state === "running" ? fmtDuration(p.eta_s) : job.state === "succeeded" ? "done" : "–";
+    $("#job-eta").textContent =
+      job.state === "running" && p.phase === "indexing"
+        ? `indexing neighbours ${p.neighbour_words_done || 0} / ${p.neighbour_words_total || "?"}`
+        : job.state === "running" ? fmtDuration(p.eta_s) : job.state === "succeeded" ? "done" : "–";
     // The trainer's closing report can carry no loss (no words since the one before): keep the last known.
     const lastLoss = state.loss.length ? state.loss[state.loss.length - 1].y : null;
     const loss = p.loss === null || p.loss === undefined ? lastLoss : p.loss;
