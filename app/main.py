@@ -14,6 +14,7 @@ from starlette.types import Scope
 from app.batching import limit_blas_threads
 from app.deps import require_api_key
 from app.errors import BodySizeLimit, install_error_handlers
+from app.fastpath import SimilarFromTable
 from app.metrics import AppMetrics, RequestMetrics
 from app.routers import corpora, docs, health, metrics, models, query, train, web
 from app.services import Services, open_services
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Kept on the app rather than as a dependency override: FastAPI re-analyses the signature
     # of every dependency on every request while any override is set (2 ms per request).
     app.state.settings = settings
+    # Innermost: one-word /similar queries answered from a neighbour table skip FastAPI's routing.
+    app.add_middleware(SimilarFromTable)
     app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
     # Added last, so outermost: it also counts and times what the inner middleware answers (413s).
     app.state.metrics = AppMetrics(lambda: getattr(app.state, "services", None))

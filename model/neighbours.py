@@ -85,7 +85,9 @@ class NeighbourTable:
         names = records.dtype.names or ()
         if records.ndim != 1 or names != ("row", "score"):
             raise ModelFormatError(f"{path} is not a neighbour table")
-        return cls.checked(records["row"], records["score"], vocab_size, str(path))
+        # Plain views of the mapped pages: np.memmap's subclass hooks cost more than a lookup.
+        rows, scores = records["row"].view(np.ndarray), records["score"].view(np.ndarray)
+        return cls.checked(rows, scores, vocab_size, str(path))
 
     @classmethod
     def checked(cls, rows: np.ndarray, scores: np.ndarray, vocab_size: int, what: str) -> NeighbourTable:
