@@ -4,10 +4,15 @@ Same random vectors, same random query words, same process. Reports single-query
 `most_similar` latency and throughput for both, and our batch-of-64 throughput as a
 multiple of our single-query throughput. The three are measured in alternating rounds (64
 single queries each, then the same 64 as one batch), so a noisy neighbour on a shared
-machine slows all three alike instead of skewing the ratios. Prints a table and, last, one
-JSON line.
+machine slows all three alike instead of skewing the ratios.
 
-    python bench/query_vs_gensim.py [--words 100000] [--dim 100] [--queries 2000]
+A fourth row, `ours_table`, answers the same single queries from the neighbour table a
+worker saves with every trained model (`model/neighbours.py`, top 20 of every word; its
+build time is reported too): the path a one-word query takes in the service. The other
+rows search, as every query without a table (or beyond it) does. Prints a table and, last,
+one JSON line.
+
+    python bench/query_vs_gensim.py [--words 100000] [--dim 100] [--queries 2000] [--no-table]
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--topn", type=int, default=10)
+    parser.add_argument("--no-table", action="store_true", help="skip the neighbour-table row (saves its build)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -59,15 +65,27 @@ def main() -> None:
     ours.int8_rows  # noqa: B018
     ours.most_similar(queries[0], topn=args.topn)
     ref.most_similar(queries[0], topn=args.topn)
+    indexed, table_build_s = None, None
+    if not args.no_table:
+        from model.neighbours import build_neighbours
+
+        indexed = Vectors(words, matrix)
+        started = time.perf_counter()
+        indexed.attach_neighbours(build_neighbours(indexed, k=20))
+        table_build_s = time.perf_counter() - started
+        assert indexed.most_similar(queries[0], topn=args.topn) == ours.most_similar(queries[0], topn=args.topn)
 
     ours_lat: list[float] = []
     ref_lat: list[float] = []
     batch_lat: list[float] = []
+    table_lat: list[float] = []
     for start in range(0, len(queries) - args.batch + 1, args.batch):
         words_ = queries[start : start + args.batch]
         ours_lat += _time_each(lambda w: ours.most_similar(w, topn=args.topn), words_)
         ref_lat += _time_each(lambda w: ref.most_similar(w, topn=args.topn), words_)
         batch_lat += _time_each(lambda b: ours.most_similar_batch(b, topn=args.topn), [words_])
+        if indexed is not None:
+            table_lat += _time_each(lambda w: indexed.most_similar(w, topn=args.topn), words_)
 
     def stats(lat: list[float], per: int = 1) -> dict[str, float]:
         ms = sorted(x * 1000 for x in lat)
@@ -82,6 +100,8 @@ def main() -> None:
         "gensim_single": stats(ref_lat),
         f"ours_batch{args.batch}": stats(batch_lat, args.batch),
     }
+    if table_lat:
+        result["ours_table"] = stats(table_lat)
     single_ratio = result["ours_single"]["queries_per_sec"] / result["gensim_single"]["queries_per_sec"]
     batch_ratio = result[f"ours_batch{args.batch}"]["queries_per_sec"] / result["ours_single"]["queries_per_sec"]
     print(f"store {args.words:,} x {args.dim}, top-{args.topn}, {args.queries} random query words")
@@ -89,10 +109,15 @@ def main() -> None:
     for name, s in result.items():
         print(f"{name:<16}{s['queries_per_sec']:>12,.0f}{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}")
     print(f"single query, ours vs gensim: x{single_ratio:.2f}; batch of {args.batch} vs our single: x{batch_ratio:.1f}")
+    table_ratio = None
+    if table_lat:
+        table_ratio = result["ours_table"]["queries_per_sec"] / result["gensim_single"]["queries_per_sec"]
+        print(f"one-word query, neighbour table vs gensim: x{table_ratio:,.0f} (built in {table_build_s:.0f} s)")
     print(json.dumps({
         "benchmark": "query_vs_gensim", "words": args.words, "dim": args.dim, "topn": args.topn,
         "search_threads": ours.search_threads, "cpus": os.cpu_count(),
         "results": result, "single_speed_ratio_vs_gensim": single_ratio, "batch_vs_single_ratio": batch_ratio,
+        "table_speed_ratio_vs_gensim": table_ratio, "table_build_s": table_build_s,
     }))
 
 
