@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,14 +27,21 @@ class CLIError(Exception):
     """A user mistake detected by the CLI itself (for example a missing file)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            kind = "a positive integer" if least == 1 else f"an integer of at least {least}"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 class ProgressBar:
@@ -90,6 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.close()
     if args.analogies or args.pairs:
         model.meta["evaluation"] = _evaluate(model.vectors, args.analogies, args.pairs or [])
+    if args.neighbours:
+        from model.neighbours import build_neighbours
+
+        table = build_neighbours(model.vectors, k=args.neighbours_topn, words=args.neighbours)
+        model.vectors.attach_neighbours(table)
     save_model(out, model, overwrite=args.force)
     t = model.meta["training"]
     print(
@@ -202,6 +214,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="epochs between checkpoints")
     p.add_argument("--analogies", help="evaluate on this analogy file after training")
     p.add_argument("--pairs", action="append", help="evaluate on this word-pair file after training (repeatable)")
+    p.add_argument(
+        "--neighbours",
+        type=_int_at_least(0),
+        default=0,
+        metavar="WORDS",
+        help="save the exact neighbours of this many most frequent words with the model, so one-word "
+        "queries are lookups (about one batched search per word; default 0: none)",
+    )
+    p.add_argument("--neighbours-topn", type=_positive_int, default=20, help="neighbours kept per word (default 20)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -477,6 +477,16 @@ class Vectors:
         _check_limits(topn, restrict_vocab)
         if method not in ("add", "mul"):
             raise ParameterError(f"method must be 'add' or 'mul', got {method!r}")
+        n = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
+        # One-word queries the neighbour table answers need neither the unit matrix nor a search.
+        looked_up = [self._from_table(pos, neg, topn, n) if method == "add" else None for pos, neg in raw_queries]
+        pending = [query for query, hits in zip(raw_queries, looked_up, strict=True) if hits is None]
+        found = iter(self._search_all(pending, topn, n, method) if pending else [])
+        return [hits if hits is not None else next(found) for hits in looked_up]
+
+    def _search_all(
+        self, raw_queries: Sequence[tuple[Terms, Terms]], topn: int, n: int, method: Method
+    ) -> list[list[tuple[str, float]]]:
         unknown: list[str] = []
         unit = self.unit_vectors
         parsed = [self._parse(pos, neg, unit, unknown) for pos, neg in raw_queries]
@@ -489,21 +499,17 @@ class Vectors:
                     if method == "mul"
                     else "a query needs at least one word or vector"
                 )
-        n = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
         results: list[list[tuple[str, float]]] = []
-        if n == 0 or not parsed:
+        if n == 0:
             return [[] for _ in parsed]
         candidates = unit[:n]
         if method == "add":
-            looked_up = [self._from_table(q, topn, n) for q in parsed]
-            searched = [q for q, hits in zip(parsed, looked_up, strict=True) if hits is None]
-            for start in range(0, len(searched), _ADD_QUERY_CHUNK):
-                part = searched[start : start + _ADD_QUERY_CHUNK]
+            for start in range(0, len(parsed), _ADD_QUERY_CHUNK):
+                part = parsed[start : start + _ADD_QUERY_CHUNK]
                 means = self._mean_directions(part)
                 shortlists = self._add_shortlist(means, part, candidates, topn)
                 results.extend(self._rank(shortlists, self._add_exact(means, shortlists), part, topn))
-            found = iter(results)
-            return [hits if hits is not None else next(found) for hits in looked_up]
+            return results
         terms_per_query = max(len(q.positive) + len(q.negative) for q in parsed)
         chunk = max(1, _SCORE_CHUNK_BYTES // (4 * n * terms_per_query))
         for start in range(0, len(parsed), chunk):
@@ -512,12 +518,15 @@ class Vectors:
             results.extend(self._rank(shortlists, self._mul_exact(part, shortlists), part, topn))
         return results
 
-    def _from_table(self, query: _Parsed, topn: int, n: int) -> list[tuple[str, float]] | None:
-        """The answer from the neighbour table, for a query of one word and nothing else."""
-        if self.neighbours is None or len(query.positive) != 1 or query.negative or len(query.excluded) != 1:
+    def _from_table(self, positive: Terms, negative: Terms, topn: int, n: int) -> list[tuple[str, float]] | None:
+        """The answer from the neighbour table, for a query of one known word and nothing else."""
+        if self.neighbours is None or _as_terms(negative):
             return None
-        (row,) = query.excluded
-        return self._table_hits(row, topn, n)
+        terms = _as_terms(positive)
+        if len(terms) != 1 or not isinstance(terms[0], str):
+            return None
+        row = self.key_to_index.get(terms[0])
+        return None if row is None else self._table_hits(row, topn, n)
 
     def _table_hits(self, row: int, topn: int, n: int) -> list[tuple[str, float]] | None:
         found = self.neighbours.lookup(row, topn, n) if self.neighbours is not None else None

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import load_model, load_word2vec_format
+from model import Vectors, load_model, load_word2vec_format
 from model.cli import main
 from tests.conftest import gensim_data
 
@@ -62,6 +62,24 @@ def test_similar_and_analogy_print_scored_words(trained: Path, capsys: pytest.Ca
     assert [line.split("\t")[1] for line in lines] == [w for w, _ in expected]
     assert main(["analogy", str(trained), "man", "king", "woman", "--topn", "3"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_train_can_save_a_neighbour_table(tmp_path: Path, lee_text: Path, capsys) -> None:
+    out = tmp_path / "m"
+    argv = ["train", str(lee_text), "--out", str(out), "--epochs", "1", "--quiet", "--threads", "1", "--seed", "5"]
+    assert main([*argv, "--neighbours", "500", "--neighbours-topn", "7"]) == 0
+    vectors = load_model(out).vectors
+    assert vectors.neighbours is not None and (vectors.neighbours.n_words, vectors.neighbours.k) == (500, 7)
+    capsys.readouterr()
+    assert main(["similar", str(out), vectors.words[3], "--topn", "7"]) == 0
+    expected = Vectors(vectors.words, vectors.vectors).most_similar(vectors.words[3], topn=7)
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.strip().splitlines()] == [w for w, _ in expected]
+    for bad, flag in [(["--neighbours", "-1"], "--neighbours"), (["--neighbours-topn", "0"], "--neighbours-topn")]:
+        with pytest.raises(SystemExit) as exited:  # argparse: its usage line, then the error
+            main([*argv, "--force", *bad])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"w2v train: error: argument {flag}") and "Traceback" not in "".join(err)
 
 
 def test_eval_json(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:

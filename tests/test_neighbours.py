@@ -194,3 +194,14 @@ def test_lookup_reads_no_more_than_one_row(pair, monkeypatch) -> None:
     monkeypatch.setattr(indexed, "_add_shortlist", None)
     monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
     assert len(indexed.most_similar("w10", topn=K)) == K
+
+
+def test_table_answers_need_no_unit_matrix(pair) -> None:
+    # A one-shot `w2v similar` on a large model answers without normalising every vector.
+    indexed, searched = pair
+    fresh = Vectors(indexed.words, indexed.vectors)
+    fresh.attach_neighbours(indexed.neighbours)
+    assert fresh.most_similar("w8", topn=5) == searched.most_similar("w8", topn=5)
+    assert fresh._unit is None
+    fresh.most_similar(["w8", "w9"])
+    assert fresh._unit is not None
