@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     # Kept on the app rather than as a dependency override: FastAPI re-analyses the signature
-    # of every dependency on every request while any override is set (2 ms per request).
+    # of every dependency on every request while any override is set (0.3 ms per /similar).
     app.state.settings = settings
     # Innermost: one-word /similar queries answered from a neighbour table skip FastAPI's routing.
     app.add_middleware(SimilarFromTable)

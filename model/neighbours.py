@@ -115,7 +115,7 @@ def build_neighbours(
 ) -> NeighbourTable | None:
     """The table for the `words` most frequent words (all when None), from the search itself.
 
-    Costs about one batched search per indexed word: on 2 cores, some 40 s for 100k x 100k
+    Costs about one batched search per indexed word: on 2 cores, some 30 s for 100k x 100k
     x 100. Returns None when there is nothing to index (fewer than two words, `words=0` or
     `k=0`). `should_stop` is polled between chunks (raising `TrainingCancelled`); `progress`
     gets (words done, words to do).
