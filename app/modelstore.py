@@ -2,7 +2,8 @@
 
 Workers add model directories at any time (each appears in one rename), so nothing here is
 cached without a check that is cheap to repeat: the folder's mtime says whether the set of
-models changed, and a cached model is dropped as soon as its directory disappears. Loaded
+models changed, and a cached model is dropped as soon as its directory disappears or is
+replaced (`w2v index` swaps in a copy with a neighbour table). Loaded
 models are memory-mapped and kept in a bounded LRU, each with its unit-normalised matrix and
 its query batcher.
 """
@@ -56,6 +57,7 @@ class LoadedModel:
     model: Model
     batcher: QueryBatcher
     path: Path
+    inode: int  # of the model directory it was loaded from (a replaced directory gets a new one)
 
 
 class ModelStore:
@@ -65,7 +67,7 @@ class ModelStore:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
+        self._meta: dict[str, tuple[dict[str, Any], int]] = {}  # id -> (meta.json, directory inode)
         self._listing_key: tuple[int, int] | None = None
         self._listing: list[str] = []
         self._listed: frozenset[str] = frozenset()
@@ -93,7 +95,9 @@ class ModelStore:
         # re-read on the next scan rather than trusted for as long as the mtime stays put.
         settled = time.time_ns() - st.st_mtime_ns > _SETTLE_NS
         # Staging directories of saves in progress (or killed mid-way) are dot-names, never ids.
-        ids = [e.name for e in os.scandir(self.layout.models) if is_id(e.name) and self.exists(e.name)]
+        inodes = {e.name: e.inode() for e in os.scandir(self.layout.models) if is_id(e.name)}
+        self._forget_replaced(inodes)
+        ids = [model_id for model_id in inodes if self.exists(model_id)]
         metas = {}
         for model_id in ids:
             with contextlib.suppress(ModelFormatError, OSError):
@@ -105,6 +109,20 @@ class ModelStore:
             for gone in set(self._meta) - set(ids):
                 self._meta.pop(gone, None)
         return ordered
+
+    def _forget_replaced(self, inodes: dict[str, int]) -> None:
+        """Drop what is cached of model directories replaced since (`w2v index` swaps a model's
+        directory for one with a neighbour table): the next request reads the new one."""
+        with self._lock:
+            for model_id, (_, inode) in list(self._meta.items()):
+                if inodes.get(model_id, inode) != inode:
+                    del self._meta[model_id]
+            replaced = [lm for lm in self._cache.values() if inodes.get(lm.model_id, lm.inode) != lm.inode]
+            for lm in replaced:
+                del self._cache[lm.model_id]
+        for lm in replaced:
+            log.info("model %s: its directory was replaced; it is reloaded on next use", lm.model_id)
+            lm.batcher.close()
 
     def ids(self, owner: Owner = None) -> list[str]:
         """Ids of the models `owner` may see, newest first."""
@@ -136,14 +154,15 @@ class ModelStore:
         return meta
 
     def meta(self, model_id: str) -> dict[str, Any]:
-        """The model's meta.json plus its id; model directories never change once written."""
+        """The model's meta.json plus its id; cached until the directory is replaced or removed."""
         if not self.exists(model_id):
             raise ModelNotFound(model_id)
+        path = self.layout.model_dir(model_id)
+        inode = os.stat(path).st_ino
         with self._lock:
             cached = self._meta.get(model_id)
-        if cached is not None:
-            return cached
-        path = self.layout.model_dir(model_id)
+        if cached is not None and cached[1] == inode:
+            return cached[0]
         meta = dict(read_meta(path))
         meta["model_id"] = model_id
         if not meta.get("created_at"):
@@ -152,7 +171,7 @@ class ModelStore:
                 timespec="milliseconds"
             )
         with self._lock:
-            self._meta[model_id] = meta
+            self._meta[model_id] = (meta, inode)
         return meta
 
     def evaluations(self, model_id: str) -> list[dict[str, Any]]:
@@ -216,8 +235,8 @@ class ModelStore:
         if owner is None:
             return True
         with self._lock:
-            meta = self._meta.get(model_id)
-        return meta is not None and owned_by(meta, owner)
+            cached = self._meta.get(model_id)
+        return cached is not None and owned_by(cached[0], owner)
 
     def get(self, model_id: str | None, owner: Owner = None) -> LoadedModel:
         """Load (memory-mapped, checksum-verified) on first use; blocking."""
@@ -238,6 +257,7 @@ class ModelStore:
             if not all(self.layout.is_plain_file(path / name) for name in (VECTORS_FILE, VOCAB_FILE)):
                 raise ModelNotFound(resolved)
             try:
+                inode = os.stat(path).st_ino
                 model = load_model(path, mmap=True, verify=True)
             except FileNotFoundError as exc:
                 raise ModelNotFound(resolved) from exc
@@ -249,7 +269,7 @@ class ModelStore:
             model.vectors.int8_rows  # noqa: B018
             if len(model.vectors) > 1:
                 model.vectors.most_similar(model.vectors.words[0], topn=1)
-            loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path)
+            loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path, inode)
             evicted: list[LoadedModel] = []
             with self._lock:
                 self._cache[resolved] = loaded

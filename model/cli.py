@@ -98,15 +98,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.analogies or args.pairs:
         model.meta["evaluation"] = _evaluate(model.vectors, args.analogies, args.pairs or [])
     if args.neighbours:
-        from model.neighbours import build_neighbours
-
-        table = build_neighbours(model.vectors, k=args.neighbours_topn, words=args.neighbours)
-        model.vectors.attach_neighbours(table)
+        _index(model.vectors, args.neighbours, args.neighbours_topn)
     save_model(out, model, overwrite=args.force)
     t = model.meta["training"]
     print(
         f"saved {out}: {len(model.vectors)} words x {cfg.vector_size} dims, "
         f"{t['words_per_sec']:.0f} words/s, final loss {t['final_loss']:.4f}, "
+        f"{time.perf_counter() - start:.1f}s"
+    )
+    return 0
+
+
+def _index(vectors: Vectors, words: int, topn: int) -> None:
+    from model.neighbours import build_neighbours
+
+    table = build_neighbours(vectors, k=topn, words=words)
+    if table is None:
+        raise CLIError("nothing to index: a neighbour table needs at least two words")
+    vectors.attach_neighbours(table)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from model.store import load_model, save_model
+
+    start = time.perf_counter()
+    model = load_model(args.model)
+    _index(model.vectors, args.words, args.topn)
+    # The directory is replaced in one step: readers see the old model or the indexed one.
+    save_model(args.model, model, overwrite=True)
+    table = model.vectors.neighbours
+    assert table is not None
+    print(
+        f"indexed {args.model}: the {table.n_words} most frequent words, {table.k} neighbours each, "
         f"{time.perf_counter() - start:.1f}s"
     )
     return 0
@@ -255,6 +278,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--format", choices=["word2vec-text", "word2vec-binary"], default="word2vec-binary")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("index", help="add a neighbour table to a model directory, so one-word queries are lookups")
+    p.add_argument("model")
+    p.add_argument("--words", type=_positive_int, default=100_000, help="most frequent words to index (100000)")
+    p.add_argument("--topn", type=_positive_int, default=20, help="neighbours kept per word (20)")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("import", help="turn a word2vec text or binary file into a model directory")
     p.add_argument("file")

@@ -82,6 +82,25 @@ def test_train_can_save_a_neighbour_table(tmp_path: Path, lee_text: Path, capsys
         assert err[-1].startswith(f"w2v train: error: argument {flag}") and "Traceback" not in "".join(err)
 
 
+def test_index_adds_a_table_to_an_imported_model(trained: Path, tmp_path: Path, capsys) -> None:
+    exported, imported = tmp_path / "v.txt", tmp_path / "imported"
+    assert main(["export", str(trained), "--format", "word2vec-text", "--out", str(exported)]) == 0
+    assert main(["import", str(exported), "--out", str(imported)]) == 0
+    searched = load_model(imported).vectors
+    assert searched.neighbours is None
+    assert main(["index", str(imported), "--words", "300", "--topn", "6"]) == 0
+    assert "300 most frequent words, 6 neighbours each" in capsys.readouterr().out
+    indexed = load_model(imported)  # checksums verified, the table's included
+    assert indexed.meta["imported_from"] == "v.txt" and indexed.meta["neighbours"] == {"words": 300, "k": 6}
+    assert indexed.vectors.neighbours is not None
+    for word in searched.words[:300:37]:
+        assert indexed.vectors.precomputed_neighbours(word, topn=6) == searched.most_similar(word, topn=6)
+    assert main(["index", str(imported), "--words", "50"]) == 0  # re-indexing replaces the table
+    assert load_model(imported).meta["neighbours"] == {"words": 50, "k": 20}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+    assert "not a model directory" in _error(capsys, ["index", str(tmp_path / "nothing")])
+
+
 def test_eval_json(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(trained), "--pairs", str(gensim_data("simlex999.txt")), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

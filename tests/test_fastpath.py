@@ -15,6 +15,7 @@ from app.fastpath import SimilarFromTable
 from app.main import create_app
 from app.settings import Settings
 from model import Vectors
+from model.cli import main as cli_main
 from model.neighbours import build_neighbours
 from tests.test_api import make_vectors, put_model
 from tests.test_metrics import scrape, value
@@ -128,6 +129,22 @@ def test_a_model_not_yet_loaded_is_loaded_by_the_app(client: TestClient, model_i
     assert client.get("/similar", params={"word": "king"}).status_code == 200
     assert client.get("/similar", params={"word": "king"}).status_code == 200
     assert answered == [False, True]
+
+
+def test_a_model_indexed_while_served_is_reloaded_with_its_table(
+    client: TestClient, layout: StoreLayout, answered: list[bool]
+) -> None:
+    plain = put_model(layout, make_vectors(seed=4), name="plain")
+    before = client.get("/similar", params={"word": "king"})
+    assert before.status_code == 200 and client.get(f"/models/{plain}").json()["neighbours"] is None
+    assert client.get("/similar", params={"word": "king"}).status_code == 200
+    assert answered == [False, False]  # loaded, then searched: no table yet
+    assert cli_main(["index", str(layout.model_dir(plain)), "--topn", "10"]) == 0
+    assert client.get(f"/models/{plain}").json()["neighbours"] == {"words": 305, "k": 10}
+    answered.clear()
+    after = [client.get("/similar", params={"word": "king"}) for _ in range(2)]
+    assert answered == [False, True]  # reloaded once by the app, then answered from the table
+    assert before.content == after[0].content == after[1].content
 
 
 @pytest.fixture
