@@ -111,6 +111,22 @@ def push_block(
                         _replace_root(qvals, qrows, value, np.int64(row))
 
 
+@njit(nogil=True, cache=True, fastmath=_FAST)
+def push_block_mirrored(scores: np.ndarray, first_row: int, vals: np.ndarray, rows: np.ndarray) -> None:
+    """Offer scores[r, q] (vocabulary row first_row + r) to query q's heap, for every r and q:
+    `push_block` for the transposed block, read in its own row order instead of transposed
+    first (a transposing copy cost more than the product). No query's own row may be among
+    the offered rows."""
+    n_rows, n_queries = scores.shape
+    for r in range(n_rows):
+        line = scores[r]
+        row = np.int64(first_row + r)
+        for q in range(n_queries):
+            value = line[q]
+            if value > vals[q, 0]:
+                _replace_root(vals[q], rows[q], value, row)
+
+
 def sorted_heaps(vals: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each heap's entries best first (ties to the lower row); empty slots stay last."""
     # Free slots (row -1, value -inf) must sort after every real entry.

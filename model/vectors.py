@@ -535,6 +535,15 @@ class Vectors:
         words = self.words
         return [(words[i], s) for i, s in zip(*found, strict=True)]
 
+    def _ranked_one_word(
+        self, rows: Sequence[int], shortlists: list[IntArray], topn: int
+    ) -> list[list[tuple[str, float]]]:
+        """The one-word queries `rows` answered from candidate shortlists known to hold their
+        top `topn`: the same exact rescoring and ranking as a search (model.neighbours)."""
+        parsed = [self._parse(self.words[row], None, self.unit_vectors, []) for row in rows]
+        means = self._mean_directions(parsed)
+        return self._rank(shortlists, self._add_exact(means, shortlists), parsed, topn)
+
     def attach_neighbours(self, table: NeighbourTable | None) -> None:
         """Answer one-word 3CosAdd queries from `table` (built for these vectors) from now on."""
         if table is not None and table.vocab_size != len(self):

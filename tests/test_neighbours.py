@@ -205,3 +205,21 @@ def test_table_answers_need_no_unit_matrix(pair) -> None:
     assert fresh._unit is None
     fresh.most_similar(["w8", "w9"])
     assert fresh._unit is not None
+
+
+def test_uneven_blocks_build_the_same_table(pair, monkeypatch) -> None:
+    # Each pair of words is scored once and offered to both words' heaps; blocks that do not
+    # divide the vocabulary (and words split from their near-duplicates) must not matter.
+    indexed, searched = pair
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 37)
+    monkeypatch.setattr("model.neighbours._BUILD_ROWS", 53)
+    rebuilt = build_neighbours(searched, k=K, words=2000)
+    assert rebuilt is not None and indexed.neighbours is not None
+    np.testing.assert_array_equal(rebuilt.rows, indexed.neighbours.rows)
+    np.testing.assert_array_equal(rebuilt.scores, indexed.neighbours.scores)
+    everything = build_neighbours(searched, k=K)  # every word indexed: all pairs mirrored
+    assert everything is not None
+    for row in [*range(0, 3000, 101), 50, 60, 150, 502, 2999]:
+        expected = searched.most_similar(searched.words[row], topn=K)
+        assert [searched.words[i] for i in everything.rows[row]] == [w for w, _ in expected]
+        assert everything.scores[row].tolist() == [s for _, s in expected]

@@ -47,8 +47,8 @@ class WorkerSettings(BaseSettings):
         default=100_000,
         ge=0,
         description="After training, precompute the nearest neighbours of this many most frequent words and "
-        "save them with the model, so one-word /similar queries are a lookup. Costs about one batched search "
-        "per word (some 30 s for 100k words of a 100k x 100 model on 2 cores); 0 turns it off.",
+        "save them with the model, so one-word /similar queries are a lookup. Costs about half a batched "
+        "search per word (some 20 s for 100k words of a 100k x 100 model on 2 cores); 0 turns it off.",
     )
     neighbour_topn: int = Field(
         default=20,
