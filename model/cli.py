@@ -13,11 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from model.config import Progress, TrainConfig
 from model.errors import W2VError
 from model.vectors import Vectors
+
+if TYPE_CHECKING:
+    from model.neighbours import NeighbourTable
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -109,13 +112,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _index(vectors: Vectors, words: int, topn: int) -> None:
+def _index(vectors: Vectors, words: int, topn: int) -> NeighbourTable:
     from model.neighbours import build_neighbours
 
     table = build_neighbours(vectors, k=topn, words=words)
     if table is None:
         raise CLIError("nothing to index: a neighbour table needs at least two words")
     vectors.attach_neighbours(table)
+    return table
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -123,11 +127,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     model = load_model(args.model)
-    _index(model.vectors, args.words, args.topn)
+    table = _index(model.vectors, args.words, args.topn)
     # The directory is replaced in one step: readers see the old model or the indexed one.
     save_model(args.model, model, overwrite=True)
-    table = model.vectors.neighbours
-    assert table is not None
     print(
         f"indexed {args.model}: the {table.n_words} most frequent words, {table.k} neighbours each, "
         f"{time.perf_counter() - start:.1f}s"

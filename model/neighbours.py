@@ -162,7 +162,7 @@ def _shortlists(
     query direction; the shortlist band is widened by that.
     """
     from model import search
-    from model.vectors import _RESCORE_MARGIN, _unit_rows
+    from model.vectors import _RESCORE_MARGIN, _band_shortlists, _unit_rows
 
     unit = vectors.unit_vectors
     vocab = len(vectors)
@@ -195,18 +195,10 @@ def _shortlists(
         if progress is not None:
             progress(i1, n)
     vals, found = search.sorted_heaps(vals, found)
-    shortlists = []
-    for a in range(n):
-        taken = found[a][found[a] >= 0]
-        if len(taken) < heap_k or heap_k == vocab:
-            shortlists.append(taken)  # every row the word may return
-            continue
-        floor = vals[a, k - 1] - 2 * slack
-        if vals[a, heap_k - 1] < floor:
-            shortlists.append(taken)
-            continue
-        # Rare: rows within the band may have missed the heap; score this word in full.
-        full = unit @ queries[a]
-        full[a] = -np.inf
-        shortlists.append(np.flatnonzero(full >= floor))
-    return shortlists
+
+    def score_in_full(word: int) -> np.ndarray:
+        full = unit @ queries[word]
+        full[word] = -np.inf
+        return full
+
+    return _band_shortlists(vals, found, k, vocab, slack, score_in_full)

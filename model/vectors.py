@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -183,6 +183,32 @@ def _top_k(scores: FloatArray, k: int) -> IntArray:
     m = cand.shape[1]
     pick = np.argpartition(cand_scores, m - k, axis=1)[:, m - k :]
     return np.take_along_axis(cand, pick, axis=1)
+
+
+def _band_shortlists(
+    vals: np.ndarray, rows: np.ndarray, topn: int, n: int, slack: float, score_in_full: Callable[[int], FloatArray]
+) -> list[IntArray]:
+    """Rows per query certain to hold its exact top `topn`, from its heap of the best float32
+    scores among `n` rows (sorted, best first; each score within `slack` of the exact score
+    it stands for).
+
+    Rows whose score is within twice the slack of the topn-th best may outrank it exactly; if
+    the heap's worst is still inside that band, some such rows may have missed the heap, so
+    that (rare) query is scored again in full by `score_in_full(q)` (its own rows at -inf).
+    """
+    k = vals.shape[1]
+    shortlists: list[IntArray] = []
+    for q in range(len(vals)):
+        taken = rows[q][rows[q] >= 0]
+        if len(taken) < k or k == n:
+            shortlists.append(taken)  # the heap holds every row the query may return
+            continue
+        floor = vals[q, topn - 1] - 2 * slack
+        if vals[q, k - 1] < floor:
+            shortlists.append(taken)
+            continue
+        shortlists.append(np.flatnonzero(score_in_full(q) >= floor))
+    return shortlists
 
 
 def _check_limits(topn: int, restrict_vocab: int | None) -> None:
@@ -383,7 +409,7 @@ class Vectors:
         can answer it where it stands instead of queueing it for a search thread."""
         _check_limits(topn, restrict_vocab)
         row = self.index(word)
-        return self._table_hits(row, topn, len(self) if restrict_vocab is None else min(restrict_vocab, len(self)))
+        return self._table_hits(row, topn, self._rows_searched(restrict_vocab))
 
     def most_similar_cosmul(
         self,
@@ -477,12 +503,16 @@ class Vectors:
         _check_limits(topn, restrict_vocab)
         if method not in ("add", "mul"):
             raise ParameterError(f"method must be 'add' or 'mul', got {method!r}")
-        n = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
+        n = self._rows_searched(restrict_vocab)
         # One-word queries the neighbour table answers need neither the unit matrix nor a search.
         looked_up = [self._from_table(pos, neg, topn, n) if method == "add" else None for pos, neg in raw_queries]
         pending = [query for query, hits in zip(raw_queries, looked_up, strict=True) if hits is None]
         found = iter(self._search_all(pending, topn, n, method) if pending else [])
         return [hits if hits is not None else next(found) for hits in looked_up]
+
+    def _rows_searched(self, restrict_vocab: int | None) -> int:
+        """How many of the most frequent rows a query may return."""
+        return len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
 
     def _search_all(
         self, raw_queries: Sequence[tuple[Terms, Terms]], topn: int, n: int, method: Method
@@ -585,24 +615,13 @@ class Vectors:
             np.matmul(means, part.T, out=scores)
             search.push_block(scores, start, excluded_ptr, excluded_rows, vals, rows)
         vals, rows = search.sorted_heaps(vals, rows)
-        gamma = self._dot_rounding_bound()
-        shortlists: list[IntArray] = []
-        for q in range(n_queries):
-            taken = rows[q][rows[q] >= 0]
-            if len(taken) < k or k == n:
-                shortlists.append(taken)  # the heap holds every row the query may return
-                continue
-            # Rows whose float32 score is within twice the rounding bound of the topn-th best
-            # may outrank it exactly; if the heap's worst is still inside that band, some such
-            # rows may have missed the heap, so this (rare) query is scored again in full.
-            floor = vals[q, topn - 1] - 2 * gamma
-            if vals[q, k - 1] < floor:
-                shortlists.append(taken)
-                continue
+
+        def score_in_full(q: int) -> FloatArray:
             full = candidates @ means[q]
             full[excluded[q]] = -np.inf
-            shortlists.append(np.flatnonzero(full >= floor))
-        return shortlists
+            return full
+
+        return _band_shortlists(vals, rows, topn, n, self._dot_rounding_bound(), score_in_full)
 
     @staticmethod
     def _mul_scores(queries: list[_Parsed], candidates: FloatArray) -> FloatArray:
