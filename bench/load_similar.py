@@ -1,20 +1,39 @@
 """Open-loop load on GET /similar against a live server, with and without a training job running.
 
-    .venv/bin/python bench/load_similar.py [--rate 200] [--duration 20] [--words 100000] [--dim 100]
+    .venv/bin/python bench/load_similar.py [--rate 200] [--duration 20] [--phases idle,training]
+        [--server serve|split] [--words 100000] [--dim 100]
 
 What it does, all on this machine:
-1. writes a random `words` x `dim` model into a temporary store with `model.save_model`;
-2. starts `uvicorn app.main:app` and a `w2v worker` on that store (the embedded filesystem
-   queue, no other server), each its own process;
-3. phase "idle": sends GET /similar?word=<random word>&topn=10 at a fixed arrival rate
+1. writes a random `words` x `dim` model into a temporary store with `model.save_model`, with
+   the neighbour table a worker saves after training;
+2. starts the service on that store, with the embedded filesystem queue (no other server):
+   - `--server serve` (default): `w2v serve`, the command `make run` starts: the API and the
+     worker it supervises, as one process tree. It runs in this process's session, as a
+     service started from one terminal does, so the load generator, which stands in for
+     clients on other machines, shares its scheduler group (see "Sessions" below);
+   - `--server split`: `uvicorn app.main:app` and `w2v worker`, each in a session of its own,
+     as two separately started services on one host;
+3. for each phase, sends GET /similar?word=<random word>&topn=10 at a fixed arrival rate
    (Poisson arrivals: exponential gaps) for `duration` seconds from this process, over raw
    keep-alive connections (a new one whenever all are busy), never waiting for a reply
-   before sending the next request (open loop);
-4. phase "training": submits a training job on a synthetic corpus big enough to outlast the
-   phase, waits until it trains, and repeats the load; the job is cancelled afterwards.
+   before sending the next request (open loop). Phase "training" first submits a training
+   job on a synthetic corpus big enough to outlast the phase and waits until it trains; the
+   job is cancelled afterwards. Phases may repeat (`--phases idle,training,training`).
 
 Latency is measured from each request's *scheduled* send time, so a client or server that
-falls behind shows up in the figures instead of being hidden (coordinated omission).
+falls behind shows up in the figures instead of being hidden (coordinated omission). The
+client's event loop waits with select(), whose timeout has microsecond resolution; asyncio's
+default, epoll, rounds every wait up to the next millisecond, which made the client send up
+to 1 ms late and counted that against the server.
+
+Sessions: Linux groups processes by session (scheduler autogroups) and shares the CPU
+between groups before it looks at the processes inside. A worker's SCHED_IDLE (a woken
+API thread preempts training at once) works inside its group; across groups, a woken
+process may wait up to a scheduler tick (4 ms at 250 Hz) behind training. The worker lowers
+its own group when it leads its session (`--server split`), which narrows that but cannot
+remove it, and nothing can do it for the load generator here, which shares the 2 cores only
+because it runs on this machine.
+
 Prints a table and, last, one JSON line with every figure.
 """
 
@@ -23,10 +42,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
 import random
+import selectors
 import signal
 import socket
 import subprocess
@@ -52,6 +73,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def write_model(layout: StoreLayout, n_words: int, dim: int, seed: int, neighbour_words: int) -> list[str]:
@@ -172,6 +201,19 @@ async def open_loop(base_url: str, words: list[str], rate: float, duration: floa
     }
 
 
+def run_client(coro: Any) -> Any:
+    """Runs the load generator on an event loop that waits with select() (see the docstring)."""
+    # What this process set up (NumPy, Numba, the model's words) stays out of the collector's
+    # full passes, which would otherwise stall the client for tens of milliseconds mid-run.
+    gc.collect()
+    gc.freeze()
+    loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def wait_for(check: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -183,6 +225,33 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def start_server(kind: str, port: int, env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
+    def start(argv: list[str], log: str, own_session: bool) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, *argv], cwd=ROOT, env=env, stdout=(logs / log).open("wb"), stderr=subprocess.STDOUT,
+            # Either way a process group of its own, so that it can be stopped with everything it started.
+            start_new_session=own_session, process_group=None if own_session else 0,
+        )  # fmt: skip
+
+    if kind == "serve":
+        return [start(["-m", "app.cli", "serve", "--port", str(port)], "serve.log", own_session=False)]
+    return [
+        start(["-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"], "api.log", own_session=True),
+        start(["-m", "app.cli", "worker", "--queues", "cpu"], "worker.log", own_session=True),
+    ]
+
+
+def stop_server(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200.0, help="arrivals per second (default 200)")
@@ -190,6 +259,9 @@ def main() -> int:
     parser.add_argument("--words", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--corpus-words", type=int, default=3_000_000, help="training corpus size")
+    parser.add_argument(
+        "--server", choices=["serve", "split"], default="serve", help="how the service runs (see above; default serve)"
+    )
     parser.add_argument("--worker-threads", type=int, default=0, help="W2V_THREADS for the worker (0: all cores)")
     parser.add_argument("--worker-nice", type=int, default=10, help="W2V_NICE for the worker (as w2v serve)")
     parser.add_argument(
@@ -201,9 +273,12 @@ def main() -> int:
         default=WorkerSettings.model_fields["neighbour_words"].default,
         help="words in the model's neighbour table, as W2V_NEIGHBOUR_WORDS (0: none, every query searches)",
     )
-    parser.add_argument("--phases", default="idle,training", help="comma-separated: idle, training")
+    parser.add_argument("--phases", default="idle,training", help="comma-separated, in order: idle, training")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not phases or not set(phases) <= {"idle", "training"}:
+        parser.error("--phases takes a comma-separated list of: idle, training")
 
     with tempfile.TemporaryDirectory(prefix="w2v-load-") as tmp:
         layout = StoreLayout.at(Path(tmp) / "store")
@@ -221,34 +296,28 @@ def main() -> int:
         env.update(W2V_CPU_IDLE=args.worker_cpu_idle)
         logs = Path(tmp) / "logs"
         logs.mkdir()
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"],
-                cwd=ROOT, env=env, stdout=(logs / "api.log").open("wb"), stderr=subprocess.STDOUT,
-                start_new_session=True,
-            ),
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"],
-                cwd=ROOT, env=env, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
-                start_new_session=True,
-            ),
-        ]  # fmt: skip
+        procs = start_server(args.server, port, env, logs)
         base = f"http://127.0.0.1:{port}"
-        results: dict[str, Any] = {}
+        results: list[dict[str, Any]] = []
         try:
             with httpx.Client(base_url=base, timeout=60) as client:
                 wait_for(lambda: client.get("/readyz").status_code == 200, 60, "the API")
                 # Load the model (checksums, unit matrix) before measuring, as a warm server would have.
                 assert client.get("/similar", params={"word": words[0]}).status_code == 200
-                asyncio.run(open_loop(base, words, args.rate, 2.0, args.seed + 100))  # warm-up
-                for phase in [p.strip() for p in args.phases.split(",") if p.strip()]:
+                run_client(open_loop(base, words, args.rate, 2.0, args.seed + 100))  # warm-up
+                corpus_id = None
+                for phase in phases:
                     job_id = None
                     if phase == "training":
-                        corpus = Path(tmp) / "corpus.txt"
-                        write_corpus(corpus, args.corpus_words, args.seed)
-                        r = client.post("/corpora", content=corpus.read_bytes(), headers={"Content-Type": "text/plain"})
-                        r.raise_for_status()
-                        body = {"corpus_id": r.json()["id"], "epochs": 100, "min_count": 1}
+                        if corpus_id is None:
+                            corpus = Path(tmp) / "corpus.txt"
+                            write_corpus(corpus, args.corpus_words, args.seed)
+                            r = client.post(
+                                "/corpora", content=corpus.read_bytes(), headers={"Content-Type": "text/plain"}
+                            )
+                            r.raise_for_status()
+                            corpus_id = r.json()["id"]
+                        body = {"corpus_id": corpus_id, "epochs": 100, "min_count": 1}
                         job_id = client.post("/train", json=body).json()["job_id"]
                         status_url = f"/jobs/{job_id}"
                         wait_for(
@@ -258,37 +327,34 @@ def main() -> int:
                             120,
                             "the training job to run",
                         )
-                    results[phase] = asyncio.run(open_loop(base, words, args.rate, args.duration, args.seed))
+                    row = {"phase": phase, **run_client(open_loop(base, words, args.rate, args.duration, args.seed))}
                     if job_id is not None:
                         job = client.get(f"/jobs/{job_id}").json()
-                        results[phase]["training_state"] = job["state"]
-                        results[phase]["training_words_per_sec"] = job["progress"]["words_per_sec"]
+                        row["training_state"] = job["state"]
+                        row["training_words_per_sec"] = job["progress"]["words_per_sec"]
                         client.post(f"/jobs/{job_id}/cancel")
+                        wait_for(lambda url=status_url: client.get(url).json()["state"] != "running", 60, "the cancel")
+                    results.append(row)
+                    print(f"{phase}: p99 {row['p99_ms']:.2f} ms", flush=True)
         finally:
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=30)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_server(procs)
 
     header = ["phase", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for phase, r in results.items():
-        print(
-            f"| {phase} | {r['offered_rps']:.0f} | {r['achieved_rps']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} "
-            f"| {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['error_rate']:.2%} |"
-        )
+    for res in results:
+        cells = [res["phase"], f"{res['offered_rps']:.0f}", f"{res['achieved_rps']:.1f}"]
+        cells += [f"{res[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")] + [f"{res['error_rate']:.2%}"]
+        print("| " + " | ".join(cells) + " |")
     summary = {
         "bench": "load_similar",
+        "server": args.server,
         "words": args.words,
         "dim": args.dim,
         "rate": args.rate,
         "duration_s": args.duration,
         "cpus": os.cpu_count(),
+        "cpu": cpu_name(),
         "python": platform.python_version(),
         "worker_threads": args.worker_threads,
         "worker_nice": args.worker_nice,

@@ -112,6 +112,14 @@ def test_cpu_worker_is_a_profile_on_the_cpu_queue(compose: dict[str, Any]) -> No
     assert worker["healthcheck"] == {"disable": True}  # the image's check probes HTTP, which a worker has not
 
 
+def test_workers_take_only_the_cpu_the_api_leaves(compose: dict[str, Any]) -> None:
+    # Containers are separate cgroups: a worker's nice and SCHED_IDLE do not reach across to the
+    # API's, so only the cgroup weight keeps training from taking turns with queries.
+    for name in ("worker-gpu", "worker-cpu"):
+        assert services(compose)[name]["cpu_shares"] == 2, name
+    assert "cpu_shares" not in services(compose)["api"]
+
+
 def test_every_w2v_service_shares_the_store_volume_and_broker(compose: dict[str, Any]) -> None:
     assert "store" in compose["volumes"]
     for name in APP_SERVICES:
@@ -162,6 +170,7 @@ def test_docker_compose_parses_and_resolves_the_file(tmp_path: Path) -> None:
     assert [(int(p["published"]), int(p["target"])) for p in ports] == [(8000, 8000)]
     assert svc["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert svc["worker-cpu"]["profiles"] == ["cpu"]
+    assert svc["worker-cpu"]["cpu_shares"] == svc["worker-gpu"]["cpu_shares"] == 2
 
 
 def test_docker_compose_refuses_to_run_without_a_redis_password(tmp_path: Path) -> None:

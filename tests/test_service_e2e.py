@@ -290,6 +290,11 @@ def test_w2v_serve_embedded_default(processes: Processes, tmp_path: Path, corpus
     assert (store / "queue" / "messages").is_dir()  # the embedded queue lives in the store
     workers = children(serve.pid)
     assert workers, "w2v serve runs its worker as a child process"
+    for pid in workers:
+        # In serve's session, hence its scheduler group: only there does the worker's SCHED_IDLE
+        # let a woken API thread preempt training at once (see README, W2V_CPU_IDLE).
+        assert os.getsid(pid) == os.getsid(serve.pid)
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     serve.send_signal(signal.SIGTERM)  # only serve: it must take its worker down with it
     serve.wait(timeout=60)
     for pid in workers:

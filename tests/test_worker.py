@@ -499,3 +499,28 @@ print(*seen["early"], *seen["later"])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.split() == [str(cpu_idle), "3"] * 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="needs Linux's scheduler autogroups")
+@pytest.mark.parametrize("own_session", [True, False])
+def test_worker_lowers_its_autogroup_only_when_the_session_is_its_own(tmp_path: Path, own_session: bool) -> None:
+    # Without this, a worker in a session of its own competes with the API's session as an equal,
+    # whatever its nice value and policy say.
+    code = f"""
+import types
+from pathlib import Path
+from worker.settings import WorkerSettings
+from worker.tasks import _lower_priority
+settings = WorkerSettings(store={str(tmp_path)!r}, nice=10, cpu_idle=True)
+_lower_priority(sender=types.SimpleNamespace(app=types.SimpleNamespace(w2v_settings=settings)))
+print(Path("/proc/self/autogroup").read_text())
+"""
+    ours = Path("/proc/self/autogroup").read_text()
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True, start_new_session=own_session)
+    group, nice = done.stdout.split()[0], done.stdout.split()[-1]
+    if own_session:
+        assert group != ours.split()[0] and nice == "19"
+    else:  # the session of whoever started it (here: pytest's) is left as it was
+        assert group == ours.split()[0] and nice == ours.split()[-1]
+    assert Path("/proc/self/autogroup").read_text() == ours

@@ -95,6 +95,29 @@ def _lower_priority(sender: Any = None, **_: Any) -> None:
             log.info("running under SCHED_IDLE: training uses only CPU time the API leaves")
         else:
             log.warning("W2V_CPU_IDLE is set but this platform has no SCHED_IDLE; ignored")
+    if settings.nice or settings.cpu_idle:
+        _lower_own_autogroup(19 if settings.cpu_idle else settings.nice)
+
+
+def _lower_own_autogroup(nice: int) -> None:
+    """Lower this worker's scheduler autogroup too, when the group is the worker's own.
+
+    With autogroup (Linux's default on desktops and many servers), each session is a group
+    that competes with other sessions as a whole, at its own nice value; a task's nice and
+    SCHED_IDLE count only inside its group. A worker started in a session of its own
+    (`setsid`, a supervisor) would then take half the cores' turns from an API in another
+    session, and a woken API thread could wait a scheduler tick (4 ms at 250 Hz) behind a
+    training thread. A worker that shares its session (under `w2v serve`, or one started
+    from a shell) leaves the group alone: lowering it would lower its neighbours too.
+    """
+    if not hasattr(os, "getsid") or os.getsid(0) != os.getpid():
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(f"{nice}\n")
+    except OSError:
+        return  # no autogroup here (a kernel without it, or a container's cgroup decides instead)
+    log.info("lowered this worker's own session (scheduler autogroup) to nice %d", nice)
 
 
 def _thread_ids() -> list[int]:
