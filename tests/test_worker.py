@@ -271,7 +271,12 @@ def test_neighbour_table_size_follows_the_settings(ctx: JobContext, monkeypatch)
     monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 4)
     written: list[dict[str, Any]] = []
     real_update = ctx.jobs.update
-    monkeypatch.setattr(ctx.jobs, "update", lambda job_id, **kw: written.append(kw) or real_update(job_id, **kw))
+
+    def update(job_id: str, **kw: Any) -> Any:
+        written.append(kw)
+        return real_update(job_id, **kw)
+
+    monkeypatch.setattr(ctx.jobs, "update", update)
     rec = submit(ctx)
     assert run_job(ctx, rec.job_id) == "succeeded"
     table = load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours
