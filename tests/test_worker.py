@@ -272,11 +272,11 @@ def test_neighbour_table_size_follows_the_settings(ctx: JobContext, monkeypatch)
     written: list[dict[str, Any]] = []
     real_update = ctx.jobs.update
 
-    def update(job_id: str, **kw: Any) -> Any:
+    def recording_update(job_id: str, **kw: Any) -> Any:
         written.append(kw)
         return real_update(job_id, **kw)
 
-    monkeypatch.setattr(ctx.jobs, "update", update)
+    monkeypatch.setattr(ctx.jobs, "update", recording_update)
     rec = submit(ctx)
     assert run_job(ctx, rec.job_id) == "succeeded"
     table = load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours
