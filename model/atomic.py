@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import tempfile
@@ -57,18 +58,24 @@ def fsync_tree(path: Path) -> None:
     fsync_dir(path)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE) where the kernel has it."""
+def _exchange(a: Path, b: Path) -> int | None:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE).
+
+    0 on success, the errno on failure (ENOENT: one of them does not exist), None where the C
+    library or the kernel has no such call, or the filesystem refuses it.
+    """
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
-        return False
+        return None
     libc = ctypes.CDLL(libc_name, use_errno=True)
     fn = getattr(libc, "renameat2", None)
     if fn is None:
-        return False
+        return None
     at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return bool(rc == 0)
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return 0
+    err = ctypes.get_errno()
+    return None if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) else err
 
 
 def publish_dir(staging: Path, target: Path, *, overwrite: bool) -> None:
@@ -78,15 +85,49 @@ def publish_dir(staging: Path, target: Path, *, overwrite: bool) -> None:
         os.rename(staging, target)
     elif not overwrite:
         raise FileExistsError(f"{target} already exists")
-    elif _exchange(staging, target):
+    elif _exchange(staging, target) == 0:
         shutil.rmtree(staging)  # now holds the previous version
     else:
-        # No atomic exchange: the old version stays whole under a side name until the new one is in place.
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old)
+        _replace_aside(staging, target)
     fsync_dir(target.parent)
+
+
+def replace_existing_dir(staging: Path, target: Path) -> bool:
+    """Swap a staging directory in for `target`, but only while `target` exists.
+
+    For rewriting something another process may delete meanwhile (a model being indexed): a
+    check-then-replace would bring a deleted one back. False, with the staging directory
+    removed, when `target` is gone.
+    """
+    fsync_tree(staging)
+    err = _exchange(staging, target)
+    try:
+        if err == errno.ENOENT:
+            return False
+        if err == 0:
+            fsync_dir(target.parent)
+            return True
+        if err is not None:
+            raise OSError(err, os.strerror(err), str(target))
+        try:
+            _replace_aside(staging, target)
+        except FileNotFoundError:
+            return False
+        fsync_dir(target.parent)
+        return True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous version, or the unused new one
+
+
+def _replace_aside(staging: Path, target: Path) -> None:
+    """Without an atomic exchange: the old version stays whole under a side name until the new one is in place.
+
+    Raises FileNotFoundError, before touching anything, if `target` does not exist.
+    """
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old)
 
 
 def staging_dir(target: Path) -> Path:

@@ -129,7 +129,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     table = _index(model.vectors, args.words, args.topn)
     # The directory is replaced in one step: readers see the old model or the indexed one.
-    save_model(args.model, model, overwrite=True)
+    if not save_model(args.model, model, only_if_exists=True):
+        raise CLIError(f"{args.model} was removed while it was being indexed; nothing written")
     print(
         f"indexed {args.model}: the {table.n_words} most frequent words, {table.k} neighbours each, "
         f"{time.perf_counter() - start:.1f}s"

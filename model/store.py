@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from model.atomic import publish_dir, staging_dir
+from model.atomic import publish_dir, replace_existing_dir, staging_dir
 from model.errors import ModelFormatError
 from model.neighbours import NeighbourTable
 from model.vectors import Vectors
@@ -47,9 +47,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model(path: str | Path, model: Model, *, overwrite: bool = False) -> None:
+def save_model(path: str | Path, model: Model, *, overwrite: bool = False, only_if_exists: bool = False) -> bool:
+    """Write a model directory in one step: readers see the old directory or the new one, whole.
+
+    `only_if_exists` rewrites an existing model only while it still exists, so a model deleted
+    during a long rewrite stays deleted; False then, and nothing is written.
+    """
     target = Path(path)
-    if target.exists() and not overwrite:
+    if only_if_exists and not target.is_dir():
+        return False
+    if target.exists() and not overwrite and not only_if_exists:
         raise FileExistsError(f"{target} already exists; choose another path or allow overwrite")
     stage = staging_dir(target)
     try:
@@ -74,7 +81,10 @@ def save_model(path: str | Path, model: Model, *, overwrite: bool = False) -> No
             files={name: _sha256(stage / name) for name in names},
         )
         (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        if only_if_exists:
+            return replace_existing_dir(stage, target)
         publish_dir(stage, target, overwrite=overwrite)
+        return True
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(stage)

@@ -25,7 +25,9 @@ from app.modelstore import ModelNotFound
 from app.settings import Settings
 from model import Model, Vectors, load_model, save_model
 from model.neighbours import build_neighbours
+from worker.indexing import index_stored_model
 from worker.jobs import FileJobStore
+from worker.settings import WorkerSettings
 from worker.storage import StoreLayout, new_id
 
 with warnings.catch_warnings():
@@ -62,7 +64,6 @@ def settings(tmp_path: Path) -> Settings:
         max_inline_text_bytes=2_000,
         max_request_bytes=16_384,
     )
-
 
 
 @pytest.fixture
@@ -484,7 +485,7 @@ def test_export_is_readable_by_gensim(
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_import_then_query(client: TestClient, tmp_path: Path, binary: bool) -> None:
+def test_import_then_query(client: TestClient, layout: StoreLayout, tmp_path: Path, binary: bool) -> None:
     from gensim.models import KeyedVectors
 
     source = make_vectors(seed=7)
@@ -497,8 +498,18 @@ def test_import_then_query(client: TestClient, tmp_path: Path, binary: bool) -> 
     summary = r.json()
     assert (summary["vocab_size"], summary["vector_size"]) == (305, 16)
     assert summary["source"] == "imported" and summary["name"] == "imported"
-    got = client.get("/similar", params={"word": "king", "model": summary["model_id"], "topn": 5}).json()
+    model_id = summary["model_id"]
+    got = client.get("/similar", params={"word": "king", "model": model_id, "topn": 5}).json()
     assert got["results"] == hits(source.most_similar("king", topn=5))
+    # A worker is asked for its neighbour table, which turns one-word queries into lookups.
+    assert queued_messages(layout) == [("w2v.index_model", [model_id], "cpu")]
+    assert client.get(f"/models/{model_id}").json()["neighbours"] is None
+    outcome = index_stored_model(WorkerSettings(store=layout.root, neighbour_topn=5), layout, model_id)
+    assert outcome.startswith("indexed: 305 words x 5 neighbours"), outcome
+    detail = client.get(f"/models/{model_id}").json()
+    assert detail["neighbours"] == {"words": 305, "k": 5}
+    assert (detail["name"], detail["source"]) == ("imported", "imported")
+    assert client.get("/similar", params={"word": "king", "model": model_id, "topn": 5}).json() == got
 
 
 def test_import_raw_body(client: TestClient) -> None:
@@ -508,7 +519,7 @@ def test_import_raw_body(client: TestClient) -> None:
     assert client.get("/similarity", params={"w1": "foo", "w2": "bar", "model": model_id}).json()["score"] == 0
 
 
-def test_import_malformed_file_is_422(client: TestClient) -> None:
+def test_import_malformed_file_is_422(client: TestClient, layout: StoreLayout) -> None:
     r = client.post("/models/import", content=b"this is not\na word2vec file\n")
     assert r.status_code == 422
     r = client.post("/models/import?format=word2vec-text", content=b"2 3\nfoo 1 0\n")
@@ -517,6 +528,7 @@ def test_import_malformed_file_is_422(client: TestClient) -> None:
     r = client.post("/models/import?format=word2vec-text", content=b"2 3\nfoo 1 0 0\nbar nan 1 0\n")
     assert r.status_code == 422 and "'bar' holds NaN or infinity" in r.json()["detail"][0]["msg"]
     assert client.get("/models").json() == []
+    assert queued_messages(layout) == []
 
 
 def test_evaluate_analogies_and_pairs(client: TestClient, model_id: str, vectors: Vectors) -> None:
@@ -568,14 +580,20 @@ def test_similar_answers_from_the_neighbour_table_as_the_search_would(
         return real_submit(self, *args, **kwargs)
 
     monkeypatch.setattr(QueryBatcher, "submit", submit)
-    for params in [{"word": "king", "topn": 7}, {"word": "w50", "restrict_vocab": 1000}, {"positive": "w90"}]:
+    table_hits: list[dict[str, Any]] = [
+        {"word": "king", "topn": 7},
+        {"word": "w50", "restrict_vocab": 1000},
+        {"positive": "w90"},
+    ]
+    for params in table_hits:
         r = client.get("/similar", params={**params, "model": model_id})
         topn, restrict = params.get("topn", 10), params.get("restrict_vocab")
         word = str(params.get("word", params.get("positive")))
         assert r.json()["results"] == hits(searched.most_similar(word, topn=topn, restrict_vocab=restrict))
     assert queue == []  # answered where they stood, not queued for a search
     # Beyond the table (a word past its 100, a topn past its 10): searched, same answers.
-    for params in [{"word": "w200"}, {"word": "king", "topn": 11}]:
+    misses: list[dict[str, Any]] = [{"word": "w200"}, {"word": "king", "topn": 11}]
+    for params in misses:
         r = client.get("/similar", params={**params, "model": model_id})
         assert r.json()["results"] == hits(searched.most_similar(params["word"], topn=params.get("topn", 10)))
     assert len(queue) == 2
@@ -594,7 +612,12 @@ def test_requests_do_not_re_analyse_endpoint_signatures(client: TestClient, mode
     requests()  # routes may finish their set-up on first use
     calls: list[object] = []
     real = fastapi_deps.get_dependant
-    monkeypatch.setattr(fastapi_deps, "get_dependant", lambda **kw: calls.append(kw["call"]) or real(**kw))
+
+    def recording_get_dependant(**kw: Any) -> Any:
+        calls.append(kw["call"])
+        return real(**kw)
+
+    monkeypatch.setattr(fastapi_deps, "get_dependant", recording_get_dependant)
     requests()
     assert calls == []
 

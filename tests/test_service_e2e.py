@@ -199,7 +199,19 @@ def walkthrough(client: httpx.Client, store: Path, corpus: bytes) -> None:
 
     vectors = load_model(store / "models" / model_id).vectors
     assert detail["vocab_size"] == len(vectors)
+    assert detail["neighbours"] == {"words": len(vectors), "k": 20}
     assert_answers_match(client, vectors, model_id)
+
+    # An imported model gets its neighbour table from a worker too, shortly after the import.
+    exported = client.get(f"/models/{model_id}/export", params={"format": "word2vec-binary"})
+    r = client.post("/models/import", params={"format": "word2vec-binary", "name": "again"}, content=exported.content)
+    assert r.status_code == 201, r.text
+    imported_id = r.json()["model_id"]
+    table = wait_until(
+        lambda: client.get(f"/models/{imported_id}").json()["neighbours"], 60, "the imported model's neighbour table"
+    )
+    assert table == {"words": len(vectors), "k": 20}
+    assert_answers_match(client, load_model(store / "models" / imported_id).vectors, imported_id)
 
 
 def test_api_and_celery_worker_on_redis(

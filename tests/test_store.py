@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model import Model, ModelFormatError, Vectors, load_model, save_model
+from model import Model, ModelFormatError, Vectors, load_model, save_model, store
 from model.atomic import atomic_file, publish_dir, staging_dir
 
 
@@ -94,6 +95,33 @@ def test_publish_dir_swaps_whole_directories(tmp_path: Path) -> None:
     publish_dir(stage, target, overwrite=True)
     assert (target / "a").read_text() == "new"
     assert not stage.exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_rewriting_only_if_exists_never_brings_a_deleted_model_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    if not exchange:  # the path taken where the kernel or filesystem has no atomic exchange
+        monkeypatch.setattr("model.atomic._exchange", lambda a, b: None)
+    target = tmp_path / "m"
+    save_model(target, _model(seed=0))
+    assert save_model(target, _model(seed=1), only_if_exists=True)
+    np.testing.assert_array_equal(load_model(target).vectors.vectors, _model(seed=1).vectors.vectors)
+    assert set(os.listdir(tmp_path)) == {"m"}
+
+    # Deleted while the new version was being written: it stays deleted, and no staging is left.
+    real_stage = store.staging_dir
+
+    def stage_then_delete(path: Path) -> Path:
+        stage = real_stage(path)
+        shutil.rmtree(target)
+        return stage
+
+    monkeypatch.setattr(store, "staging_dir", stage_then_delete)
+    assert not save_model(target, _model(seed=2), only_if_exists=True)
+    assert os.listdir(tmp_path) == []
+    assert not save_model(target, _model(seed=2), only_if_exists=True)  # and never created from nothing
+    assert os.listdir(tmp_path) == []
 
 
 def test_atomic_file_keeps_old_content_on_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,11 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
-from model import load_model
+from model import Model, TrainingCancelled, Vectors, load_model, save_model
 from worker import runner
+from worker.indexing import index_stored_model
 from worker.jobs import FileJobStore, JobRecord, JobStore, RedisJobStore, utcnow
 from worker.runner import JobContext, initial_progress, requeue_orphans, run_job
 from worker.settings import WorkerSettings
@@ -529,3 +532,67 @@ print(Path("/proc/self/autogroup").read_text())
     else:  # the session of whoever started it (here: pytest's) is left as it was
         assert group == ours.split()[0] and nice == ours.split()[-1]
     assert Path("/proc/self/autogroup").read_text() == ours
+
+
+# ------------------------------------------------------------------------- indexing stored models
+
+
+def imported_model(layout: StoreLayout, n_words: int = 60) -> str:
+    rng = np.random.default_rng(3)
+    vectors = Vectors([f"v{i}" for i in range(n_words)], rng.standard_normal((n_words, 8), dtype=np.float32))
+    model_id = new_id()
+    meta = {"model_id": model_id, "name": "mine", "source": "imported", "owner": "ab" * 32, "created_at": utcnow()}
+    save_model(layout.model_dir(model_id), Model(vectors, meta))
+    return model_id
+
+
+def test_indexing_a_stored_model_keeps_everything_else(layout: StoreLayout) -> None:
+    model_id = imported_model(layout)
+    before = load_model(layout.model_dir(model_id))
+    settings = WorkerSettings(store=layout.root, neighbour_words=40, neighbour_topn=6)
+    assert index_stored_model(settings, layout, model_id).startswith("indexed: 40 words x 6 neighbours")
+    after = load_model(layout.model_dir(model_id))  # checksums verified
+    assert after.vectors.neighbours is not None and after.meta["neighbours"] == {"words": 40, "k": 6}
+    assert {k: v for k, v in after.meta.items() if k not in ("neighbours", "files")} == {
+        k: v for k, v in before.meta.items() if k != "files"
+    }
+    np.testing.assert_array_equal(after.vectors.vectors, before.vectors.vectors)
+    assert after.vectors.precomputed_neighbours("v3", 6) == before.vectors.most_similar("v3", topn=6)
+    assert index_stored_model(settings, layout, model_id) == "already indexed"
+    assert sorted(p.name for p in layout.models.iterdir()) == [model_id]  # no staging left behind
+
+
+def test_indexing_leaves_a_model_alone_when_told_to(layout: StoreLayout, tmp_path: Path) -> None:
+    model_id = imported_model(layout)
+    off = WorkerSettings(store=layout.root, neighbour_words=0)
+    assert index_stored_model(off, layout, model_id).startswith("not wanted")
+    settings = WorkerSettings(store=layout.root)
+    with pytest.raises(TrainingCancelled):  # a worker shutting down: nothing is written
+        index_stored_model(settings, layout, model_id, should_stop=lambda: True)
+    assert "neighbours" not in load_model(layout.model_dir(model_id)).meta
+    assert index_stored_model(settings, layout, "../" + model_id) == "not a model id"
+    assert index_stored_model(settings, layout, new_id()) == "model gone"
+    # A model directory that is a symlink planted in the store is neither followed nor rewritten.
+    outside = tmp_path / "outside"
+    shutil.copytree(layout.model_dir(model_id), outside)
+    planted = new_id()
+    layout.model_dir(planted).symlink_to(outside)
+    assert index_stored_model(settings, layout, planted) == "model gone"
+    assert "neighbours" not in load_model(outside).meta
+
+
+def test_a_model_deleted_while_indexed_stays_deleted(layout: StoreLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_id = imported_model(layout)
+    from worker import indexing
+
+    real_build = indexing.build_neighbours
+
+    def build_then_delete(*args: Any, **kwargs: Any) -> Any:
+        table = real_build(*args, **kwargs)
+        shutil.rmtree(layout.model_dir(model_id))  # DELETE /models/{id} meanwhile
+        return table
+
+    monkeypatch.setattr(indexing, "build_neighbours", build_then_delete)
+    outcome = index_stored_model(WorkerSettings(store=layout.root), layout, model_id)
+    assert outcome == "model deleted while indexing; nothing written"
+    assert list(layout.models.iterdir()) == []

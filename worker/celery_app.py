@@ -21,6 +21,7 @@ from worker.settings import WorkerSettings, check_time_limits
 from worker.storage import StoreLayout
 
 TASK_TRAIN = "w2v.train"
+TASK_INDEX = "w2v.index_model"  # a neighbour table for a stored model that has none (worker.indexing)
 QUEUES = ("gpu", "cpu")
 
 
@@ -85,7 +86,7 @@ def create_celery(settings: WorkerSettings) -> W2VCelery:
         task_time_limit=hard_time_limit_s(settings),
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="cpu",
-        task_routes={TASK_TRAIN: {"queue": "cpu"}},
+        task_routes={TASK_TRAIN: {"queue": "cpu"}, TASK_INDEX: {"queue": "cpu"}},
         worker_cancel_long_running_tasks_on_connection_loss=False,
         # Broadcast control needs fanout, which only the Redis transport does well.
         worker_enable_remote_control=settings.uses_redis,

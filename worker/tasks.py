@@ -13,7 +13,9 @@ from typing import Any
 
 from celery import Celery, Task, shared_task, signals
 
-from worker.celery_app import TASK_TRAIN
+from model import ModelFormatError, TrainingCancelled
+from worker.celery_app import TASK_INDEX, TASK_TRAIN
+from worker.indexing import index_stored_model
 from worker.joblog import job_log_context
 from worker.jobs import JobRecord, open_job_store
 from worker.runner import JobContext, requeue_orphans, run_job, shutdown_requested
@@ -48,6 +50,22 @@ def train_job(self: Task, job_id: str) -> str:
     outcome = run_job(job_context(self.app), job_id)
     with job_log_context(job_id):
         log.info("job %s: %s", job_id, outcome)
+    return outcome
+
+
+@shared_task(name=TASK_INDEX, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def index_model(self: Task, model_id: str) -> str:
+    ctx = job_context(self.app)
+    try:
+        outcome = index_stored_model(ctx.settings, ctx.layout, model_id, should_stop=shutdown_requested.is_set)
+    except TrainingCancelled:
+        # Warm shutdown: the table is not worth holding the worker up for; hand it to the next one.
+        self.app.send_task(TASK_INDEX, args=[model_id], queue="cpu")
+        outcome = "handed back: this worker is shutting down"
+    except Exception as exc:  # the model still answers every query by searching
+        log.warning("model %s: no neighbour table: %s", model_id, exc, exc_info=not isinstance(exc, ModelFormatError))
+        return "failed"
+    log.info("model %s: neighbour table %s", model_id, outcome)
     return outcome
 
 
