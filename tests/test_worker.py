@@ -596,3 +596,15 @@ def test_a_model_deleted_while_indexed_stays_deleted(layout: StoreLayout, monkey
     outcome = index_stored_model(WorkerSettings(store=layout.root), layout, model_id)
     assert outcome == "model deleted while indexing; nothing written"
     assert list(layout.models.iterdir()) == []
+
+
+def test_an_index_message_that_kills_its_worker_does_not_come_back(tmp_path: Path) -> None:
+    # A training job is redelivered after a crash and capped by its attempts counter; an index
+    # message has no record to count in, so it is acknowledged on receipt instead: a build that
+    # kills its worker (out of memory) costs that model its table, never a redelivery loop.
+    from worker.celery_app import TASK_INDEX, TASK_TRAIN, create_celery
+
+    app = create_celery(WorkerSettings(store=tmp_path / "store"))
+    app.loader.import_default_modules()
+    assert app.tasks[TASK_INDEX].acks_late is False
+    assert app.tasks[TASK_TRAIN].acks_late is True and app.tasks[TASK_TRAIN].reject_on_worker_lost is True

@@ -53,7 +53,10 @@ def train_job(self: Task, job_id: str) -> str:
     return outcome
 
 
-@shared_task(name=TASK_INDEX, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# Acknowledged on receipt, unlike training: a table whose build kills its worker (out of
+# memory, say) must not come back for ever, and losing one costs only speed, as the model
+# still answers by searching. A warm shutdown hands it back explicitly.
+@shared_task(name=TASK_INDEX, bind=True, acks_late=False, ignore_result=True)
 def index_model(self: Task, model_id: str) -> str:
     ctx = job_context(self.app)
     try:
