@@ -23,6 +23,9 @@ from worker.storage import StoreLayout
 TASK_TRAIN = "w2v.train"
 TASK_INDEX = "w2v.index_model"  # a neighbour table for a stored model that has none (worker.indexing)
 QUEUES = ("gpu", "cpu")
+# How hard the API tries to hand a message to the broker before it gives up on the request:
+# a couple of quick retries ride out a broker restart without keeping a client waiting long.
+SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 
 def queue_for_device(device: str) -> str:

@@ -27,12 +27,11 @@ from model import (
     save_model,
     save_word2vec_format,
 )
-from worker.celery_app import TASK_INDEX
+from worker.celery_app import SEND_RETRY_POLICY, TASK_INDEX
 from worker.jobs import utcnow
 from worker.storage import new_id
 
 log = logging.getLogger(__name__)
-_SEND_RETRIES = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(400, 401, 404, 413, 422, 429))
 
@@ -146,7 +145,7 @@ def _import(services: Services, upload: Upload, binary: bool | None, name: str |
     save_model(services.layout.model_dir(model_id), Model(vectors, meta))
     try:
         # A worker builds its neighbour table (worker/indexing.py); until then its queries search.
-        services.celery.send_task(TASK_INDEX, args=[model_id], queue="cpu", retry=True, retry_policy=_SEND_RETRIES)
+        services.celery.send_task(TASK_INDEX, args=[model_id], queue="cpu", retry=True, retry_policy=SEND_RETRY_POLICY)
     except Exception:
         log.warning("model %s imported, but no worker could be asked for its neighbour table", model_id, exc_info=True)
     return services.models.meta(model_id)

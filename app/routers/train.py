@@ -21,7 +21,7 @@ from app.deps import JobsDep, OwnerDep, ServicesDep
 from app.errors import JobNotFound
 from app.schemas import JobPublic, JobState, TrainAccepted, TrainCreate, error_responses
 from model import TrainConfig
-from worker.celery_app import TASK_TRAIN, queue_for_device
+from worker.celery_app import SEND_RETRY_POLICY, TASK_TRAIN, queue_for_device
 from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, utcnow
 from worker.runner import initial_progress
 from worker.storage import new_id
@@ -171,7 +171,7 @@ def submit_training(
             args=[rec.job_id],
             queue=rec.queue,
             retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+            retry_policy=SEND_RETRY_POLICY,
         )
     except Exception as exc:
         log.exception("cannot enqueue job %s", rec.job_id)
