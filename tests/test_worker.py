@@ -514,7 +514,7 @@ print(*seen["early"], *seen["later"])
 def test_worker_lowers_its_autogroup_only_when_the_session_is_its_own(tmp_path: Path, own_session: bool) -> None:
     # Without this, a worker in a session of its own competes with the API's session as an equal,
     # whatever its nice value and policy say.
-    code = f"""
+    worker = f"""
 import types
 from pathlib import Path
 from worker.settings import WorkerSettings
@@ -523,15 +523,49 @@ settings = WorkerSettings(store={str(tmp_path)!r}, nice=10, cpu_idle=True)
 _lower_priority(sender=types.SimpleNamespace(app=types.SimpleNamespace(w2v_settings=settings)))
 print(Path("/proc/self/autogroup").read_text())
 """
-    ours = Path("/proc/self/autogroup").read_text()
-    argv = [sys.executable, "-c", code]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True, start_new_session=own_session)
-    group, nice = done.stdout.split()[0], done.stdout.split()[-1]
+    # The "API" leads a session of its own, so it has an autogroup even where the test runner
+    # sits in the boot-time root group (which the kernel shows as an empty file).
+    api = f"""
+import subprocess, sys
+from pathlib import Path
+before = Path("/proc/self/autogroup").read_text()
+done = subprocess.run([sys.executable, "-c", {worker!r}], capture_output=True, text=True, check=True,
+                      start_new_session={own_session})
+print(before.strip(), "|", done.stdout.strip(), "|", Path("/proc/self/autogroup").read_text().strip())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", api], capture_output=True, text=True, cwd=ROOT, check=True, start_new_session=True
+    )
+    api_before, worker_group, api_after = (part.split() for part in done.stdout.split("|"))
+    assert api_before[0].startswith("/autogroup-") and api_before[-1] == "0"
     if own_session:
-        assert group != ours.split()[0] and nice == "19"
-    else:  # the session of whoever started it (here: pytest's) is left as it was
-        assert group == ours.split()[0] and nice == ours.split()[-1]
-    assert Path("/proc/self/autogroup").read_text() == ours
+        assert worker_group[0] != api_before[0] and worker_group[-1] == "19"
+    else:  # the session of whoever started it is left as it was
+        assert worker_group == api_before
+    assert api_after == api_before
+
+
+@pytest.mark.parametrize(
+    ("before", "own_session", "after"),
+    [
+        ("/autogroup-7 nice 0\n", True, "19\n"),
+        ("/autogroup-7 nice 0\n", False, "/autogroup-7 nice 0\n"),
+        ("", True, ""),  # the boot-time root group: nothing of its own to lower
+    ],
+)
+def test_worker_writes_its_autogroup_only_where_one_applies(
+    tmp_path: Path, before: str, own_session: bool, after: str
+) -> None:
+    # The same decision as above on any machine, with the kernel's file stood in for.
+    fake = tmp_path / "autogroup"
+    fake.write_text(before)
+    code = f"""
+import worker.tasks as tasks
+tasks.AUTOGROUP_FILE = {str(fake)!r}
+tasks._lower_own_autogroup(19)
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, start_new_session=own_session)
+    assert fake.read_text() == after
 
 
 # ------------------------------------------------------------------------- indexing stored models

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task, shared_task, signals
@@ -21,6 +22,9 @@ from worker.jobs import JobRecord, open_job_store
 from worker.runner import JobContext, requeue_orphans, run_job, shutdown_requested
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout
+
+# Linux: this process's scheduler autogroup ("/autogroup-N nice K"); empty in the root group.
+AUTOGROUP_FILE = "/proc/self/autogroup"
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +138,13 @@ def _lower_own_autogroup(nice: int) -> None:
     if not hasattr(os, "getsid") or os.getsid(0) != os.getpid():
         return
     try:
-        with open("/proc/self/autogroup", "w") as fh:
+        # Empty means the boot-time root group (the kernel refuses to reweight it).
+        if not Path(AUTOGROUP_FILE).read_text().strip():
+            return
+        with open(AUTOGROUP_FILE, "w") as fh:
             fh.write(f"{nice}\n")
     except OSError:
-        return  # no autogroup here (a kernel without it, or a container's cgroup decides instead)
+        return  # a kernel without autogroups, or one that refuses the write
     log.info("lowered this worker's own session (scheduler autogroup) to nice %d", nice)
 
 
