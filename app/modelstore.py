@@ -267,8 +267,9 @@ class ModelStore:
             # Build the normalised matrix and its int8 copy, and load the compiled search
             # kernels, before the first query waits on them.
             model.vectors.int8_rows  # noqa: B018
-            if len(model.vectors) > 1:
-                model.vectors.most_similar(model.vectors.words[0], topn=1)
+            if len(model.vectors) > 2:
+                # Two words: a one-word query would be read from the neighbour table instead.
+                model.vectors.most_similar(model.vectors.words[:2], topn=1)
             loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path, inode)
             evicted: list[LoadedModel] = []
             with self._lock:

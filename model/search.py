@@ -14,6 +14,7 @@ Two regimes, two kernels:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,13 +150,16 @@ ROUNDING_SLACK = 1e-6
 class Int8Rows:
     """An int8 copy of unit rows: row r is approximately `scales[r] * codes[r]`.
 
-    `max_error` bounds the Euclidean norm of every row's approximation error and `max_norm`
-    the norm of every approximated row (both rounded up); the scan turns them into a bound
-    on the error of every approximate score.
+    `errors[r]` bounds the Euclidean norm of row r's approximation error and `norms[r]` the
+    norm of the approximated row (float32, rounded up); `max_error` and `max_norm` bound them
+    all. The scans turn them into a bound on the error of every approximate score: the
+    single-query scan one bound for all rows, the batch kernel (`int8_batch`) one per row.
     """
 
     codes: np.ndarray  # (rows, dim) int8
     scales: np.ndarray  # (rows,) float32
+    errors: np.ndarray  # (rows,) float32
+    norms: np.ndarray  # (rows,) float32
     max_error: float
     max_norm: float
 
@@ -163,7 +167,8 @@ class Int8Rows:
     def build(unit: np.ndarray, chunk_rows: int) -> Int8Rows:
         codes = np.empty(unit.shape, dtype=np.int8)
         scales = np.empty(len(unit), dtype=np.float32)
-        max_error = max_norm = 0.0
+        errors = np.empty(len(unit), dtype=np.float32)
+        norms = np.empty(len(unit), dtype=np.float32)
         for start in range(0, len(unit), chunk_rows):
             x = np.asarray(unit[start : start + chunk_rows], dtype=np.float64)
             scale = (np.abs(x).max(axis=1) / _INT8_MAX).astype(np.float32)
@@ -172,10 +177,23 @@ class Int8Rows:
             codes[start : start + len(x)] = block
             scales[start : start + len(x)] = scale
             approx = block * scale.astype(np.float64)[:, None]
-            max_error = max(max_error, float(np.linalg.norm(x - approx, axis=1).max(initial=0.0)))
-            max_norm = max(max_norm, float(np.linalg.norm(approx, axis=1).max(initial=0.0)))
-        # float64 norms of float32 data are exact to ~1e-16; the margin covers it.
-        return Int8Rows(codes, scales, max_error * (1 + 1e-9), max_norm * (1 + 1e-9))
+            errors[start : start + len(x)] = _rounded_up(np.linalg.norm(x - approx, axis=1))
+            norms[start : start + len(x)] = _rounded_up(np.linalg.norm(approx, axis=1))
+        max_error = float(errors.max(initial=0.0))
+        max_norm = float(norms.max(initial=0.0))
+        return Int8Rows(codes, scales, errors, norms, max_error, max_norm)
+
+    def without_codes(self) -> Int8Rows:
+        """These rows with the row-major codes dropped, once a packed copy serves instead."""
+        return dataclasses.replace(self, codes=np.empty((0, self.codes.shape[1]), dtype=np.int8))
+
+
+def _rounded_up(values: np.ndarray) -> np.ndarray:
+    """float32 values at least as large as `values` (float64 norms of float32 data, exact to
+    ~1e-16; the relative margin covers that)."""
+    wide = values * (1 + 1e-9)
+    narrow = wide.astype(np.float32)
+    return np.where(narrow < wide, np.nextafter(narrow, np.float32(np.inf)), narrow)
 
 
 def quantize_query(query: np.ndarray, dim: int) -> tuple[np.ndarray, float, float]:

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from model.errors import ModelFormatError, ParameterError, UnknownWordError
 
 if TYPE_CHECKING:
-    from model import search
+    from model import search, vnni_search
     from model.neighbours import NeighbourTable
 
 __all__ = ["Method", "Query", "Term", "Terms", "Vectors"]
@@ -57,6 +57,8 @@ _BLAS_MIN_QUERIES = 8
 # against ~20 ms saved per query), so it is built only once a Vectors has answered this many
 # small searches; until then they use the float32 path. (The service builds it at load.)
 _INT8_AFTER_SEARCHES = 32
+# Larger topn take the float32 product: the VNNI search's candidate lists grow with topn.
+_VNNI_MAX_TOPN = 1000
 # A scan split over threads gives each at least this many rows; below it, thread hand-off
 # costs more than the split saves.
 _MIN_SCAN_PART = 16384
@@ -266,6 +268,7 @@ class Vectors:
         self.counts: np.ndarray | None = counts
         self._unit: FloatArray | None = None
         self._int8: search.Int8Rows | None = None
+        self._packed: vnni_search.PackedRows | None = None  # on CPUs with AVX-512 VNNI
         self._small_searches = 0
         #: Precomputed top neighbours of the most frequent words (`model.neighbours`), if any.
         self.neighbours: NeighbourTable | None = None
@@ -330,15 +333,24 @@ class Vectors:
 
     @property
     def int8_rows(self) -> search.Int8Rows:
-        """An int8 copy of `unit_vectors` for the single-query scan; built once, on first use
-        (the 33rd small search builds it, or a caller that expects many queries, up front)."""
+        """An int8 copy of `unit_vectors` for the int8 searches; built once, on first use (the
+        33rd small search builds it, or a caller that expects many queries, up front).
+
+        On a CPU with AVX-512 VNNI the copy is laid out for that kernel (`vnni_search`), which
+        then answers single queries and batches alike, and the row-major codes are dropped.
+        """
         if self._int8 is None:
             unit = self.unit_vectors
             with self._unit_lock:
                 if self._int8 is None:
-                    from model import search  # Numba: loaded only once a search needs it
+                    # Numba and llvmlite: loaded only once a search needs them
+                    from model import search, vnni_search
 
-                    self._int8 = search.Int8Rows.build(unit, _NORM_CHUNK_ROWS)
+                    rows = search.Int8Rows.build(unit, _NORM_CHUNK_ROWS)
+                    if self.vector_size <= vnni_search.MAX_DIM and vnni_search.available():
+                        self._packed = vnni_search.PackedRows.build(rows)
+                        rows = rows.without_codes()
+                    self._int8 = rows
         return self._int8
 
     # ------------------------------------------------------------------ pairwise similarity
@@ -597,11 +609,17 @@ class Vectors:
         if n_queries < _BLAS_MIN_QUERIES:
             self._small_searches += 1
             if self._int8 is not None or self._small_searches > _INT8_AFTER_SEARCHES:
-                return self._int8_shortlists(means, excluded, n, topn)
+                self.int8_rows  # noqa: B018 - built here, once
+                if self._packed is None:
+                    return self._int8_shortlists(means, excluded, n, topn)
+                if topn <= _VNNI_MAX_TOPN:
+                    return self._vnni_shortlists(means, queries, excluded, candidates, n, topn)
             # Plain NumPy, so a one-shot caller (the CLI) loads no compiled kernel at all.
             # A matrix-vector product is what one query needs; a one-row gemm is slower.
             scores = (candidates @ means[0])[None, :] if n_queries == 1 else means @ candidates.T
             return self._shortlist(scores, queries, topn, "add")
+        if self._packed is not None and topn <= _VNNI_MAX_TOPN:
+            return self._vnni_shortlists(means, queries, excluded, candidates, n, topn)
         from model import search
 
         excluded_ptr = np.cumsum([0] + [len(rows) for rows in excluded], dtype=np.int64)
@@ -622,6 +640,33 @@ class Vectors:
             return full
 
         return _band_shortlists(vals, rows, topn, n, self._dot_rounding_bound(), score_in_full)
+
+    def _vnni_shortlists(
+        self, means: FloatArray, queries: list[_Parsed], excluded: list[list[int]], candidates: FloatArray, n: int,
+        topn: int,
+    ) -> list[IntArray]:  # fmt: skip
+        """`vnni_search.shortlists`, its rows split over `search_threads` threads; a query it
+        hands back (a crowd of near-ties) is scored in full in float32 instead."""
+        from model import vnni_search
+
+        assert self._packed is not None
+        parts = max(1, min(self.search_threads, n // _MIN_SCAN_PART))
+
+        def run_parts(fn: Callable[[int], None], parts_: list[int]) -> None:
+            # This thread takes the first part itself rather than wait idle for the pool.
+            futures = [_scan_pool().submit(fn, part) for part in parts_[1:]]
+            fn(parts_[0])
+            for future in futures:
+                future.result()
+
+        found = vnni_search.shortlists(self._packed, means, excluded, n, topn, parts, run_parts)
+        shortlists: list[IntArray] = []
+        for q, rows in enumerate(found):
+            if rows is None:
+                scores = (candidates @ means[q])[None, :]
+                rows = self._shortlist(scores, [queries[q]], topn, "add")[0]
+            shortlists.append(rows)
+        return shortlists
 
     @staticmethod
     def _mul_scores(queries: list[_Parsed], candidates: FloatArray) -> FloatArray:
@@ -685,10 +730,14 @@ class Vectors:
         # A row-wise sum over a contiguous float64 copy adds each row's products in the same
         # order whichever search produced the row and whatever else was in the batch, so a
         # word's score has the same bits on every path.
-        return [
-            (unit[rows].astype(np.float64) * mean.astype(np.float64)).sum(axis=1)
-            for mean, rows in zip(means, shortlists, strict=True)
-        ]
+        # All queries' rows go through one gather and one product (a per-query loop cost more
+        # than the arithmetic); each row is still summed on its own, in the same order.
+        if not shortlists:
+            return []
+        sizes = [len(rows) for rows in shortlists]
+        gathered = unit[np.concatenate(shortlists)].astype(np.float64)
+        gathered *= np.repeat(means.astype(np.float64), sizes, axis=0)
+        return np.split(gathered.sum(axis=1), np.cumsum(sizes)[:-1])
 
     def _int8_shortlists(self, means: FloatArray, excluded: list[list[int]], n: int, topn: int) -> list[IntArray]:
         """The int8 scan for each query, spread over `search_threads` threads: whole queries
@@ -736,7 +785,9 @@ class Vectors:
         words = self.words
         out: list[list[tuple[str, float]]] = []
         for query, cand, score in zip(queries, shortlists, exact, strict=True):
-            order = np.lexsort((cand, -score))  # best first, ties to the lower (more frequent) row
+            # Best first, ties to the lower (more frequent) row; the query's own rows can only
+            # be among the first topn + len(own).
+            order = np.lexsort((cand, -score))[: topn + len(query.excluded)]
             own = query.excluded
             hits = [
                 (words[i], s)

@@ -10,6 +10,7 @@ import pytest
 from gensim.models import KeyedVectors
 
 import model.vectors as vectors_module
+from model import vnni_search
 from model.errors import ModelFormatError, ParameterError, UnknownWordError
 from model.vectors import Vectors, _top_k
 
@@ -45,16 +46,29 @@ QUERIES = [
 ]
 
 
-@pytest.fixture(params=["float32", "int8"])
+def use_int8_kernel(monkeypatch, kernel: str, *vecs: Vectors) -> None:
+    """Make `vecs` build their int8 copy anew for `kernel`: "scan" (search.scan_int8, what CPUs
+    without AVX-512 VNNI run) or "vnni" (vnni_search; skipped on CPUs without it)."""
+    if kernel == "vnni" and not vnni_search.available():
+        pytest.skip("needs a CPU with AVX-512 VNNI")
+    if kernel == "scan":
+        monkeypatch.setattr(vnni_search, "available", lambda: False)
+    for v in vecs:
+        monkeypatch.setattr(v, "_int8", None)
+        monkeypatch.setattr(v, "_packed", None)
+
+
+@pytest.fixture(params=["float32", "int8-scan", "int8-vnni"])
 def search_path(request, store, monkeypatch) -> str:
     """Single queries take the float32 product until a Vectors has answered
-    _INT8_AFTER_SEARCHES of them, the int8 scan after: both must give gensim's answers."""
+    _INT8_AFTER_SEARCHES of them, an int8 kernel after: all must give gensim's answers."""
     ours, _, _ = store
-    if request.param == "int8":
-        monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
-    else:
+    if request.param == "float32":
         monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 10**9)
         monkeypatch.setattr(ours, "_int8", None)
+    else:
+        use_int8_kernel(monkeypatch, request.param.removeprefix("int8-"), ours)
+        monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
     return str(request.param)
 
 
@@ -62,7 +76,8 @@ def search_path(request, store, monkeypatch) -> str:
 def test_most_similar_matches_gensim(store, search_path, kwargs) -> None:
     ours, kv, _ = store
     assert_same_hits(ours.most_similar(**kwargs), kv.most_similar(**kwargs))
-    assert (ours._int8 is not None) == (search_path == "int8")
+    assert (ours._int8 is not None) == (search_path != "float32")
+    assert (ours._packed is not None) == (search_path == "int8-vnni")
 
 
 def test_int8_copy_is_built_only_after_enough_small_searches() -> None:
@@ -124,11 +139,14 @@ def test_analogy_is_b_plus_c_minus_a(store, search_path) -> None:
     )
 
 
+@pytest.mark.parametrize("kernel", ["scan", "vnni"])
 @pytest.mark.parametrize("method", ["add", "mul"])
 @pytest.mark.parametrize("restrict_vocab", [None, 5000])
-def test_batch_equals_one_query_at_a_time(store, monkeypatch, method, restrict_vocab) -> None:
+def test_batch_equals_one_query_at_a_time(store, monkeypatch, method, restrict_vocab, kernel) -> None:
     ours, _, arr = store
-    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)  # singles: int8 scan; batch: BLAS
+    # scan: singles take the int8 scan, batches BLAS; vnni: both take the VNNI kernel
+    use_int8_kernel(monkeypatch, kernel, ours)
+    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
     queries = [
         "w1",
         ["w2", "w3"],
@@ -324,7 +342,9 @@ def exact_top(arr: np.ndarray, query: np.ndarray, topn: int, exclude: set[int], 
     return [(f"w{i}", float(scores[i])) for i in order[:topn]]
 
 
-@pytest.mark.parametrize("regime", ["int8-scan", "int8-scan-in-parts", "float32-single", "blas-batch"])
+@pytest.mark.parametrize(
+    "regime", ["int8-scan", "int8-scan-in-parts", "int8-vnni", "int8-vnni-in-parts", "float32-single", "blas-batch"]
+)
 def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, regime) -> None:
     # 3000 rows within ~1e-4 of one direction: their scores differ far less than the int8
     # copy can resolve, so only the error bound and the exact rescoring can order them.
@@ -335,6 +355,7 @@ def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, reg
     arr[9000:9005] = arr[5000]  # exact duplicates too
     # In parts: 7 uneven row ranges (some with fewer rows than topn), scanned by a pool.
     vecs = Vectors([f"w{i}" for i in range(len(arr))], arr, search_threads=7 if regime.endswith("parts") else 1)
+    use_int8_kernel(monkeypatch, "vnni" if "vnni" in regime else "scan", vecs)
     monkeypatch.setattr(vectors_module, "_MIN_SCAN_PART", 1)
     monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0 if regime.startswith("int8") else 10**9)
     monkeypatch.setattr(vectors_module, "_BLAS_MIN_QUERIES", 1 if regime == "blas-batch" else 10**9)
