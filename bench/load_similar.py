@@ -63,6 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import cpu_name  # noqa: E402
 from model import Model, Vectors, save_model  # noqa: E402
 from model.neighbours import build_neighbours  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
@@ -73,14 +74,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def write_model(layout: StoreLayout, n_words: int, dim: int, seed: int, neighbour_words: int) -> list[str]:

@@ -48,6 +48,7 @@ def _time_each(fn, items) -> list[float]:  # type: ignore[no-untyped-def]
 def main() -> None:
     from gensim.models import KeyedVectors
 
+    from bench import cpu_name
     from model import Vectors
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +120,8 @@ def main() -> None:
         result["ours_table"] = stats(table_lat)
     single_ratio = result["ours_single"]["queries_per_sec"] / result["gensim_single"]["queries_per_sec"]
     batch_ratio = result[f"ours_batch{args.batch}"]["queries_per_sec"] / result["ours_single"]["queries_per_sec"]
-    print(f"store {args.words:,} x {args.dim}, top-{args.topn}, {args.queries} random query words")
+    kernel = "AVX-512 VNNI kernel" if ours._packed is not None else "int8 scan + BLAS batches"
+    print(f"store {args.words:,} x {args.dim}, top-{args.topn}, {args.queries} random query words; ours: {kernel}")
     print(f"{'mode':<16}{'queries/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
     for name, s in result.items():
         print(f"{name:<16}{s['queries_per_sec']:>12,.0f}{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}")
@@ -137,6 +139,8 @@ def main() -> None:
                 "topn": args.topn,
                 "search_threads": ours.search_threads,
                 "cpus": os.cpu_count(),
+                "cpu": cpu_name(),
+                "vnni_kernel": ours._packed is not None,
                 "results": result,
                 "single_speed_ratio_vs_gensim": single_ratio,
                 "batch_vs_single_ratio": batch_ratio,

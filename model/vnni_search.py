@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import platform
 import threading
 from collections.abc import Callable
@@ -47,8 +48,14 @@ logger = logging.getLogger(__name__)
 
 _LANES = 16  # 32-bit lanes of a 512-bit register: rows per block
 _QUAD = 4  # bytes each lane's vpdpbusd sums
-_QUERY_GROUP = 8  # queries the kernel multiplies at once ...
-_BLOCK_STEP = 2  # ... by this many blocks: 16 accumulators of the 32 zmm registers
+# Queries the kernel multiplies at once -> blocks of rows per step. A batch fills 16 of the 32
+# zmm registers with accumulators; one query alone, the rows' memory traffic is the limit.
+_SHAPES = {8: 2, 1: 4}
+_ALIGN_BLOCKS = 4  # the packed rows come in whole steps of every shape
+_DECLARATIONS = """
+declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <16 x i32>, <16 x i32>)
+declare i1 @llvm.vector.reduce.or.v16i1(<16 x i1>)
+"""
 _OFFSET = 128
 _INT8_MAX = 127
 # |sum| <= 255 * 127 * (dim padded to whole quads) must fit an int32.
@@ -63,27 +70,27 @@ _POINTERS = 13
 _SPARE_CANDIDATES = 256
 
 
-def _kernel_ir() -> str:
-    """int8_upper_ends(packed, queries, offsets, row_scales, row_errors, query_scales,
+def _kernel_ir(group: int, step: int) -> str:
+    """int8_upper_ends_<group>(packed, queries, offsets, row_scales, row_errors, query_scales,
     query_norms, query_constants, cuts, out, hits, n_hits, scratch, block_lo, block_hi,
     n_quads, n_groups)
 
-    For blocks b in [block_lo, block_hi) (an even count) and queries q = 8g + i (g <
-    n_groups), the upper ends a + B of block b's 16 rows, with
+    For blocks b in [block_lo, block_hi) (a whole number of steps) and queries q = group g +
+    i (g < n_groups), the upper ends a + B of block b's 16 rows, with
       a = float32(sum(offset codes of q x codes of row) - offsets[row]) * (row_scales[row] * query_scales[q])
     (the float32 operations of `search.scan_int8`) and
       B = row_errors[row] * query_norms[q] + query_constants[q].
     Where one of the 16 reaches cuts[q], out[b - block_lo, q, :] gets them and the next
-    entry of hits the index (b - block_lo) * 8 n_groups + q, shifted left 16 bits, with the
+    entry of hits the index (b - block_lo) * group n_groups + q, shifted left 16 bits, with the
     lanes that reached the cut in the low 16 bits; n_hits[0] gets the count.
     Blocks below the cut are neither stored nor listed (their ends go to `scratch`, 64
     bytes): most of the traffic.
 
-    Queries are laid out [group][quad][8 queries], rows [block][quad][16 rows]. Each step of
-    the inner loop multiplies one quad of two blocks by one quad of eight queries: 16
-    accumulators, 2 row loads and 8 broadcasts for 16 `vpdpbusd`.
+    Queries are laid out [group][quad][query in group], rows [block][quad][16 rows]. Each turn
+    of the inner loop multiplies one quad of `step` blocks by one quad of `group` queries: for
+    8 x 2, 16 accumulators, 2 row loads and 8 broadcasts for 16 `vpdpbusd`.
     """
-    pairs = [(r, i) for r in range(_BLOCK_STEP) for i in range(_QUERY_GROUP)]
+    pairs = [(r, i) for r in range(step) for i in range(group)]
     nl = "\n  "
     acc_phis = nl.join(
         f"%a{r}_{i} = phi <16 x i32> [zeroinitializer, %group_head], [%n{r}_{i}, %quad]" for r, i in pairs
@@ -92,14 +99,14 @@ def _kernel_ir() -> str:
         f"%ri{r} = add i64 %quad{r}, %j\n  %ro{r} = mul i64 %ri{r}, 16\n"
         f"  %rp{r} = getelementptr i32, ptr %packed, i64 %ro{r}\n"
         f"  %rv{r} = load <16 x i32>, ptr %rp{r}, align 1"
-        for r in range(_BLOCK_STEP)
+        for r in range(step)
     )
     query_loads = nl.join(
         f"%qe{i} = getelementptr i32, ptr %qj, i64 {i}\n"
         f"  %qv{i} = load i32, ptr %qe{i}, align 4\n"
         f"  %qx{i} = insertelement <16 x i32> poison, i32 %qv{i}, i64 0\n"
         f"  %qb{i} = shufflevector <16 x i32> %qx{i}, <16 x i32> poison, <16 x i32> zeroinitializer"
-        for i in range(_QUERY_GROUP)
+        for i in range(group)
     )
     products = nl.join(
         f"%n{r}_{i} = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512("
@@ -119,7 +126,7 @@ def _kernel_ir() -> str:
         f"%qi{i} = add i64 %qrow, {i}\n  "
         + nl.join(splat(name, array, i) for name, array in
                   (("qs", "query_scales"), ("qn", "query_norms"), ("qc", "query_constants"), ("ct", "cuts")))
-        for i in range(_QUERY_GROUP)
+        for i in range(group)
     )  # fmt: skip
     ends = []
     for k, (r, i) in enumerate(pairs):
@@ -161,13 +168,11 @@ def _kernel_ir() -> str:
         f"  %sc{r} = load <16 x float>, ptr %scp{r}, align 4\n"
         f"  %erp{r} = getelementptr float, ptr %row_errors, i64 %row{r}\n"
         f"  %er{r} = load <16 x float>, ptr %erp{r}, align 4"
-        for r in range(_BLOCK_STEP)
+        for r in range(step)
     )
     return f"""
-declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <16 x i32>, <16 x i32>)
-declare i1 @llvm.vector.reduce.or.v16i1(<16 x i1>)
 
-define void @int8_upper_ends(
+define void @int8_upper_ends_{group}(
     ptr noalias readonly %packed, ptr noalias readonly %queries, ptr noalias readonly %offsets,
     ptr noalias readonly %row_scales, ptr noalias readonly %row_errors,
     ptr noalias readonly %query_scales, ptr noalias readonly %query_norms,
@@ -180,8 +185,8 @@ entry:
   %no_groups = icmp slt i64 %ngroups, 1
   %skip0 = or i1 %nothing, %no_quads
   %skip = or i1 %skip0, %no_groups
-  %nq = mul i64 %ngroups, {_QUERY_GROUP}
-  %group_words = mul i64 %nquads, {_QUERY_GROUP}
+  %nq = mul i64 %ngroups, {group}
+  %group_words = mul i64 %nquads, {group}
   br i1 %skip, label %done, label %block_head
 block_head:
   %b = phi i64 [%lo, %entry], [%b_next, %block_tail]
@@ -191,7 +196,7 @@ block_head:
 group_head:
   %grp = phi i64 [0, %block_head], [%grp_next, %group_tail]
   %cnt0 = phi i64 [%cnt_b, %block_head], [%cnt_g, %group_tail]
-  %qrow = mul i64 %grp, {_QUERY_GROUP}
+  %qrow = mul i64 %grp, {group}
   %qgo = mul i64 %grp, %group_words
   %qg = getelementptr i32, ptr %queries, i64 %qgo
   br label %quad
@@ -199,7 +204,7 @@ quad:
   %j = phi i64 [0, %group_head], [%j_next, %quad]
   {acc_phis}
   {row_loads}
-  %qjo = mul i64 %j, {_QUERY_GROUP}
+  %qjo = mul i64 %j, {group}
   %qj = getelementptr i32, ptr %qg, i64 %qjo
   {query_loads}
   {products}
@@ -214,7 +219,7 @@ group_tail:
   %more_groups = icmp slt i64 %grp_next, %ngroups
   br i1 %more_groups, label %group_head, label %block_tail
 block_tail:
-  %b_next = add i64 %b, {_BLOCK_STEP}
+  %b_next = add i64 %b, {step}
   %more_blocks = icmp slt i64 %b_next, %hi
   br i1 %more_blocks, label %block_head, label %done
 done:
@@ -229,11 +234,13 @@ _Kernel = Callable[..., None]
 
 
 @functools.cache
-def _compiled() -> tuple[object, _Kernel] | None:
-    """The kernel and the engine that owns its machine code (kept alive with it), or None
-    where the CPU cannot run it."""
+def _compiled() -> tuple[object, dict[int, _Kernel]] | None:
+    """The kernels by query group size, and the engine that owns their machine code (kept
+    alive with them), or None where the CPU cannot run them."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
+    if os.environ.get("W2V_VNNI", "").strip().lower() in ("0", "false", "no", "off"):
+        return None  # turned off: the int8 scan and BLAS answer instead
     import llvmlite.binding as llvm
 
     features = llvm.get_host_cpu_features().flatten()
@@ -243,21 +250,21 @@ def _compiled() -> tuple[object, _Kernel] | None:
     try:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        module = llvm.parse_assembly(_kernel_ir())
+        module = llvm.parse_assembly(_DECLARATIONS + "".join(_kernel_ir(g, step) for g, step in _SHAPES.items()))
         module.verify()
         machine = llvm.Target.from_default_triple().create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=features, opt=3
         )
         engine = llvm.create_mcjit_compiler(module, machine)
         engine.finalize_object()
-        address = engine.get_function_address("int8_upper_ends")
+        addresses = {group: engine.get_function_address(f"int8_upper_ends_{group}") for group in _SHAPES}
     except RuntimeError:
         # An llvmlite that cannot build it: the float32 and int8-scan paths still answer.
         logger.warning("AVX-512 VNNI kernel did not compile; searching without it", exc_info=True)
         return None
     # ctypes releases the GIL for the call, so the search threads run it in parallel.
-    kernel = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * _POINTERS, *[ctypes.c_int64] * 4)(address)
-    return engine, kernel
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * _POINTERS, *[ctypes.c_int64] * 4)
+    return engine, {group: signature(address) for group, address in addresses.items()}
 
 
 def available() -> bool:
@@ -318,11 +325,11 @@ def _thread_buffers(pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def _whole_steps(n_rows: int) -> int:
-    """Blocks that hold `n_rows` rows, rounded up to whole kernel steps."""
-    return -(-n_rows // (_LANES * _BLOCK_STEP)) * _BLOCK_STEP
+    """Blocks that hold `n_rows` rows, rounded up to whole kernel steps of every shape."""
+    return -(-n_rows // (_LANES * _ALIGN_BLOCKS)) * _ALIGN_BLOCKS
 
 
-def _quantize_queries(means: np.ndarray, n_quads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _quantize_queries(means: np.ndarray, n_quads: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Offset uint8 codes, padded to whole query groups and quads, read as int32 quads laid
     out [group][quad][query in group]; each query's scale; the norm of what its codes miss."""
     n_queries, dim = means.shape
@@ -332,22 +339,24 @@ def _quantize_queries(means: np.ndarray, n_quads: int) -> tuple[np.ndarray, np.n
     inverse = np.divide(1.0, scale, out=np.zeros(n_queries), where=scale > 0)
     codes = np.rint(q * inverse[:, None])
     residual = np.linalg.norm(q - codes * scale.astype(np.float64)[:, None], axis=1)
-    n_padded = -(-n_queries // _QUERY_GROUP) * _QUERY_GROUP
+    n_padded = -(-n_queries // group) * group
     offset = np.full((n_padded, n_quads * _QUAD), _OFFSET, dtype=np.uint8)
     offset[:n_queries, :dim] = (codes + _OFFSET).astype(np.uint8)
-    quads = offset.view(np.int32).reshape(n_padded // _QUERY_GROUP, _QUERY_GROUP, n_quads)
+    quads = offset.view(np.int32).reshape(n_padded // group, group, n_quads)
     return np.ascontiguousarray(quads.transpose(0, 2, 1)), scale, residual
 
 
-def _query_terms(means: np.ndarray, packed: PackedRows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _query_terms(
+    means: np.ndarray, packed: PackedRows, group: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What the kernel reads per query, padded to whole groups: the offset codes, their scales,
     and the two terms of the error bound B = errors[row] x norm + constant, where the
     constant covers the query's own rounding (|its error| x the largest row norm) and the
     float32 rounding of the score. Both terms are rounded up, so the float32 bound the kernel
     forms is never below the real one."""
     n_queries = len(means)
-    queries, scales, residuals = _quantize_queries(means, packed.n_quads)
-    n_padded = queries.shape[0] * _QUERY_GROUP
+    queries, scales, residuals = _quantize_queries(means, packed.n_quads, group)
+    n_padded = queries.shape[0] * group
 
     def padded(values: np.ndarray) -> np.ndarray:
         out = np.zeros(n_padded, dtype=np.float32)
@@ -488,16 +497,16 @@ def shortlists(
     compiled = _compiled()
     if compiled is None:
         raise RuntimeError("the VNNI search needs a CPU with AVX-512 VNNI (check available() first)")
-    kernel = compiled[1]
     n_queries = len(means)
-    queries, q_scales, q_norms, q_constants = _query_terms(means, packed)
+    group = 1 if n_queries == 1 else 8
+    kernel, step = compiled[1][group], _SHAPES[group]
+    queries, q_scales, q_norms, q_constants = _query_terms(means, packed, group)
     n_padded = len(q_scales)
     excluded_ptr = np.cumsum([0] + [len(e) for e in excluded], dtype=np.int64)
     excluded_rows = np.fromiter((i for e in excluded for i in e), dtype=np.int64)
     cap = 2 * topn + _SPARE_CANDIDATES
-    steps = _whole_steps(n) // _BLOCK_STEP
-    edges = np.linspace(0, steps, parts + 1).astype(np.int64) * _BLOCK_STEP
-    most_blocks = max(_FIRST_CHUNK_BLOCKS, _CHUNK_BYTES // (n_padded * _LANES * 4) // _BLOCK_STEP * _BLOCK_STEP)
+    edges = np.linspace(0, _whole_steps(n) // step, parts + 1).astype(np.int64) * step
+    most_blocks = max(_FIRST_CHUNK_BLOCKS, _CHUNK_BYTES // (n_padded * _LANES * 4) // step * step)
     best = np.full((parts, n_queries, topn), -np.inf, dtype=np.float32)
     cand_rows = np.empty((parts, n_queries, cap), dtype=np.int64)
     cand_ends = np.empty((parts, n_queries, cap), dtype=np.float32)
@@ -510,14 +519,14 @@ def shortlists(
 
     def run(part: int) -> None:
         cuts = np.full(n_padded, np.inf, dtype=np.float32)  # padding queries never hit
-        cuts[:n_queries] = -np.inf
+        cuts[:n_queries] = shared_cuts  # as high as the parts done so far have raised them
         ends, hits, n_hits, scratch = _thread_buffers(most_blocks * n_padded)
         ends = ends[: most_blocks * n_padded * _LANES].reshape(most_blocks, n_padded, _LANES)
         pointers = [a.ctypes.data for a in (*inputs, cuts, ends, hits, n_hits, scratch)]
         chunk, start, block_hi = _FIRST_CHUNK_BLOCKS, int(edges[part]), int(edges[part + 1])
         while start < block_hi:
             stop = min(start + chunk, block_hi)
-            kernel(*pointers, start, stop, packed.n_quads, n_padded // _QUERY_GROUP)
+            kernel(*pointers, start, stop, packed.n_quads, n_padded // group)
             _select_chunk(
                 ends, hits[: n_hits[0]], start * _LANES, n, packed.errors, q_norms, q_constants,
                 cuts, shared_cuts, excluded_ptr, excluded_rows,

@@ -24,13 +24,13 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return vectors_module._unit_rows(arr)
 
 
-def kernel_inputs(unit: np.ndarray, means: np.ndarray) -> dict[str, Any]:
+def kernel_inputs(unit: np.ndarray, means: np.ndarray, group: int = 8) -> dict[str, Any]:
     rows = search.Int8Rows.build(unit, chunk_rows=333)
     packed = vnni_search.PackedRows.build(rows)
-    queries, q_scales, q_norms, q_constants = vnni_search._query_terms(means, packed)
+    queries, q_scales, q_norms, q_constants = vnni_search._query_terms(means, packed, group)
     return {
         "rows": rows, "packed": packed, "queries": queries, "q_scales": q_scales, "q_norms": q_norms,
-        "q_constants": q_constants, "n_padded": len(q_scales),
+        "q_constants": q_constants, "n_padded": len(q_scales), "group": group,
     }  # fmt: skip
 
 
@@ -46,8 +46,8 @@ def run_kernel(k: dict[str, Any], cuts: np.ndarray) -> tuple[np.ndarray, np.ndar
         packed.packed, k["queries"], packed.offsets, packed.scales, packed.errors, k["q_scales"], k["q_norms"],
         k["q_constants"], cuts, ends, hits, n_hits, scratch,
     )  # fmt: skip
-    kernel = vnni_search._compiled()[1]  # type: ignore[index]
-    kernel(*[a.ctypes.data for a in arrays], 0, n_blocks, packed.n_quads, n_padded // 8)
+    kernel = vnni_search._compiled()[1][k["group"]]  # type: ignore[index]
+    kernel(*[a.ctypes.data for a in arrays], 0, n_blocks, packed.n_quads, n_padded // k["group"])
     return ends, hits[: n_hits[0]]
 
 
@@ -69,11 +69,14 @@ def reference_ends(k: dict[str, Any], n_queries: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("n_rows", "dim", "n_queries"), [(1, 1, 1), (17, 3, 9), (100, 5, 8), (333, 100, 17), (40, 301, 3)]
 )
-def test_kernel_computes_the_documented_upper_ends_bit_for_bit(n_rows: int, dim: int, n_queries: int) -> None:
+@pytest.mark.parametrize("group", [8, 1])
+def test_kernel_computes_the_documented_upper_ends_bit_for_bit(
+    n_rows: int, dim: int, n_queries: int, group: int
+) -> None:
     rng = np.random.default_rng(dim)
     unit = unit_rows(rng, n_rows, dim)
     means = unit_rows(rng, n_queries, dim)
-    k = kernel_inputs(unit, means)
+    k = kernel_inputs(unit, means, group)
     cuts = np.full(k["n_padded"], -np.inf, dtype=np.float32)
     ends, hits = run_kernel(k, cuts)
     expected = reference_ends(k, n_queries)
@@ -82,11 +85,12 @@ def test_kernel_computes_the_documented_upper_ends_bit_for_bit(n_rows: int, dim:
     assert len(hits) == ends.shape[0] * k["n_padded"]  # every block of every query reaches -inf
 
 
-def test_kernel_stores_and_lists_exactly_the_blocks_that_reach_the_cut() -> None:
+@pytest.mark.parametrize("group", [8, 1])
+def test_kernel_stores_and_lists_exactly_the_blocks_that_reach_the_cut(group: int) -> None:
     rng = np.random.default_rng(7)
     unit = unit_rows(rng, 1000, 40)
     means = unit_rows(rng, 11, 40)
-    k = kernel_inputs(unit, means)
+    k = kernel_inputs(unit, means, group)
     expected = reference_ends(k, 11)  # (queries, rows)
     cuts = np.full(k["n_padded"], np.inf, dtype=np.float32)
     cuts[:11] = np.quantile(expected, 0.97, axis=1)
@@ -160,7 +164,15 @@ def test_shortlists_hold_every_query_s_exact_top(parts: int, run_parts: Any) -> 
         found = vnni_search.shortlists(
             packed, means, [[i for i in e if i < n] for e in excluded], n, topn, parts, run_parts
         )
+        # One query alone takes the one-query kernel.
+        found += [
+            vnni_search.shortlists(
+                packed, means[q : q + 1], [[i for i in excluded[q] if i < n]], n, topn, parts, run_parts
+            )[0]
+            for q in range(4)
+        ]
         for q, rows in enumerate(found):
+            q %= len(means)
             assert rows is not None  # no crowd of near-ties bigger than the candidate lists here
             top = exact_top(unit, means[q], topn, excluded[q], n)
             assert set(top) <= set(rows.tolist())
@@ -245,7 +257,7 @@ def test_vectors_keep_only_the_packed_int8_copy_on_these_cpus() -> None:
     rng = np.random.default_rng(0)
     vecs = Vectors([f"w{i}" for i in range(3000)], rng.standard_normal((3000, 20)).astype(np.float32))
     rows = vecs.int8_rows
-    assert vecs._packed is not None and vecs._packed.packed.shape == (3000 // 32 * 2 + 2, 5, 64)
+    assert vecs._packed is not None and vecs._packed.packed.shape == (188, 5, 64)  # 3000 rows: 188 blocks of 16
     assert rows.codes.size == 0  # the row-major copy is not kept beside it
     assert rows.errors.shape == (3000,)
 
@@ -273,7 +285,7 @@ def test_a_row_whose_approximation_errs_by_almost_twice_the_bound_is_kept() -> N
     packed = vnni_search.PackedRows.build(int8)
     exact = rows.astype(np.float64) @ query.astype(np.float64)
     assert int(np.argmax(exact)) == 3  # x
-    _, _, q_norms, q_constants = vnni_search._query_terms(query[None, :], packed)
+    _, _, q_norms, q_constants = vnni_search._query_terms(query[None, :], packed, 1)
     approx = int8.codes.astype(np.float64) @ (query.astype(np.float64)) * int8.scales
     bound = float(int8.errors[3]) * float(q_norms[0]) + float(q_constants[0])
     assert bound < approx[0] - approx[3] < 2 * bound  # the case this test is about
