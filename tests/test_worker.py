@@ -387,7 +387,8 @@ def test_model_saved_by_an_earlier_attempt_is_adopted(ctx: JobContext) -> None:
 
 
 def test_shutdown_hands_the_job_back_and_it_resumes(ctx: JobContext) -> None:
-    rec = submit(ctx, lines=20_000, epochs=20)
+    # Long enough that the flag, set once epoch 3 is reported, always lands mid-training.
+    rec = submit(ctx, lines=40_000, epochs=100)
     when_running(ctx, rec.job_id, runner.shutdown_requested.set, min_epoch=3)
     try:
         assert run_job(ctx, rec.job_id) == "re-queued (worker shutting down)"
