@@ -28,13 +28,14 @@ broadcast to all 16 lanes. Queries are quantised to signed 8 bits and stored off
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import os
 import platform
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -305,14 +306,22 @@ class PackedRows:
         return PackedRows(packed, offsets, per_row(rows.scales), per_row(rows.errors), rows.max_norm, n, n_quads)
 
 
-_local = threading.local()
+_Buffers = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_spare_buffers: list[_Buffers] = []
+_spare_lock = threading.Lock()
+# Spare sets kept for reuse: one per search thread of a couple of concurrent searches. Fresh
+# buffers would cost page faults on every search; keeping one per thread that ever searched
+# (the API's thread pool has dozens) would hold 2 MB each for good.
+_MAX_SPARE_BUFFERS = 2 * (os.cpu_count() or 1) + 2
 
 
-def _thread_buffers(pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """This thread's kernel outputs, for up to `pairs` (block, query) pairs: upper ends (flat),
-    the hit list (+1: the kernel writes one entry ahead), its count, and the scratch line.
-    Kept from call to call: fresh buffers would cost page faults on every search."""
-    buffers = getattr(_local, "buffers", None)
+@contextlib.contextmanager
+def _kernel_buffers(pairs: int) -> Iterator[_Buffers]:
+    """Kernel outputs for up to `pairs` (block, query) pairs, for the duration of one part:
+    upper ends (flat), the hit list (+1: the kernel writes one entry ahead), its count, and
+    the scratch line."""
+    with _spare_lock:
+        buffers = _spare_buffers.pop() if _spare_buffers else None
     if buffers is None or len(buffers[1]) < pairs + 1:
         buffers = (
             np.empty(pairs * _LANES, dtype=np.float32),
@@ -320,8 +329,12 @@ def _thread_buffers(pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             np.zeros(1, dtype=np.int64),
             np.empty(_LANES, dtype=np.float32),
         )
-        _local.buffers = buffers
-    return buffers
+    try:
+        yield buffers
+    finally:
+        with _spare_lock:
+            if len(_spare_buffers) < _MAX_SPARE_BUFFERS:
+                _spare_buffers.append(buffers)
 
 
 def _whole_steps(n_rows: int) -> int:
@@ -520,19 +533,19 @@ def shortlists(
     def run(part: int) -> None:
         cuts = np.full(n_padded, np.inf, dtype=np.float32)  # padding queries never hit
         cuts[:n_queries] = shared_cuts  # as high as the parts done so far have raised them
-        ends, hits, n_hits, scratch = _thread_buffers(most_blocks * n_padded)
-        ends = ends[: most_blocks * n_padded * _LANES].reshape(most_blocks, n_padded, _LANES)
-        pointers = [a.ctypes.data for a in (*inputs, cuts, ends, hits, n_hits, scratch)]
-        chunk, start, block_hi = _FIRST_CHUNK_BLOCKS, int(edges[part]), int(edges[part + 1])
-        while start < block_hi:
-            stop = min(start + chunk, block_hi)
-            kernel(*pointers, start, stop, packed.n_quads, n_padded // group)
-            _select_chunk(
-                ends, hits[: n_hits[0]], start * _LANES, n, packed.errors, q_norms, q_constants,
-                cuts, shared_cuts, excluded_ptr, excluded_rows,
-                best[part], cand_rows[part], cand_ends[part], counts[part], overflow[part],
-            )  # fmt: skip
-            start, chunk = stop, min(2 * chunk, most_blocks)
+        with _kernel_buffers(most_blocks * n_padded) as (flat_ends, hits, n_hits, scratch):
+            ends = flat_ends[: most_blocks * n_padded * _LANES].reshape(most_blocks, n_padded, _LANES)
+            pointers = [a.ctypes.data for a in (*inputs, cuts, ends, hits, n_hits, scratch)]
+            chunk, start, block_hi = _FIRST_CHUNK_BLOCKS, int(edges[part]), int(edges[part + 1])
+            while start < block_hi:
+                stop = min(start + chunk, block_hi)
+                kernel(*pointers, start, stop, packed.n_quads, n_padded // group)
+                _select_chunk(
+                    ends, hits[: n_hits[0]], start * _LANES, n, packed.errors, q_norms, q_constants,
+                    cuts, shared_cuts, excluded_ptr, excluded_rows,
+                    best[part], cand_rows[part], cand_ends[part], counts[part], overflow[part],
+                )  # fmt: skip
+                start, chunk = stop, min(2 * chunk, most_blocks)
 
     run_parts(run, list(range(parts)))
     flat, starts, elsewhere = _merge_parts(best, cand_rows, cand_ends, counts, overflow)

@@ -292,3 +292,14 @@ def test_a_row_whose_approximation_errs_by_almost_twice_the_bound_is_kept() -> N
     for parts in (1, 2):
         (found,) = vnni_search.shortlists(packed, query[None, :], [[]], len(rows), 1, parts, serial)
         assert found is not None and 3 in found.tolist()
+
+
+def test_kernel_buffers_are_reused_and_their_number_bounded() -> None:
+    # Every thread that searches (the API's pool has dozens) must not keep 2 MB for good.
+    rng = np.random.default_rng(1)
+    vecs = Vectors([f"w{i}" for i in range(5000)], rng.standard_normal((5000, 16)).astype(np.float32))
+    vecs.int8_rows  # noqa: B018
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda i: vecs.most_similar([f"w{i}", f"w{i + 1}"], topn=5), range(200)))
+    assert answers[7] == vecs.most_similar(["w7", "w8"], topn=5)
+    assert 1 <= len(vnni_search._spare_buffers) <= vnni_search._MAX_SPARE_BUFFERS
