@@ -16,9 +16,10 @@ cannot rank; every other row is a candidate. A query's L only rises as rows are 
 the scan keeps a running L per query (its "cut") and drops any block whose upper ends all
 fall below it.
 
-The kernel is a few lines of LLVM IR compiled by llvmlite (which Numba already brings),
-since NumPy and Numba cannot express `vpdpbusd`. Where the CPU lacks it, `available()` is
-False and callers keep the float32 product.
+The kernels are LLVM IR generated here and compiled by llvmlite (which Numba already
+brings), since NumPy and Numba cannot express `vpdpbusd`: one for batches, one for a single
+query (`_SHAPES`). Where the CPU lacks VNNI, `available()` is False and `Vectors` keeps the
+int8 scan and the float32 product.
 
 Layout: rows are packed in blocks of 16 and, within a block, by groups of 4 dimensions
 ("quads"), so one 64-byte load holds the same quad of 16 rows, and a query's quad is
