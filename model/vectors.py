@@ -68,6 +68,9 @@ _NORM_CHUNK_ROWS = 16384
 _TOPK_BLOCK = 128
 # gensim's 3CosMul denominator guard (Levy & Goldberg use the same epsilon).
 _COSMUL_EPS = 1e-6
+# Candidate rows rescored together (float64, 800 bytes each at 100 dimensions): enough to
+# spread the per-call costs, few enough to stay in cache.
+_EXACT_GROUP_ROWS = 2048
 # Extra candidates taken into the exact rescoring, so that it rarely needs more.
 _RESCORE_MARGIN = 8
 _EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff
@@ -729,15 +732,26 @@ class Vectors:
         unit = self.unit_vectors
         # A row-wise sum over a contiguous float64 copy adds each row's products in the same
         # order whichever search produced the row and whatever else was in the batch, so a
-        # word's score has the same bits on every path.
-        # All queries' rows go through one gather and one product (a per-query loop cost more
-        # than the arithmetic); each row is still summed on its own, in the same order.
-        if not shortlists:
-            return []
+        # word's score has the same bits on every path. The rows of several queries go
+        # through one gather and one product, about _EXACT_GROUP_ROWS at a time: a product
+        # per query costs more in calls than in arithmetic, and one for a whole
+        # table-building chunk would not fit in cache.
         sizes = [len(rows) for rows in shortlists]
-        gathered = unit[np.concatenate(shortlists)].astype(np.float64)
-        gathered *= np.repeat(means.astype(np.float64), sizes, axis=0)
-        return np.split(gathered.sum(axis=1), np.cumsum(sizes)[:-1])
+        bounds, rows_in = [0], 0
+        for i, size in enumerate(sizes):
+            if rows_in and rows_in + size > _EXACT_GROUP_ROWS:
+                bounds.append(i)
+                rows_in = 0
+            rows_in += size
+        bounds.append(len(sizes))
+        out: list[np.ndarray] = []
+        for lo, hi in itertools.pairwise(bounds):
+            if lo == hi:
+                continue
+            gathered = unit[np.concatenate(shortlists[lo:hi])].astype(np.float64)
+            gathered *= np.repeat(means[lo:hi].astype(np.float64), sizes[lo:hi], axis=0)
+            out.extend(np.split(gathered.sum(axis=1), np.cumsum(sizes[lo:hi])[:-1]))
+        return out
 
     def _int8_shortlists(self, means: FloatArray, excluded: list[list[int]], n: int, topn: int) -> list[IntArray]:
         """The int8 scan for each query, spread over `search_threads` threads: whole queries

@@ -174,6 +174,7 @@ def test_batch_equals_one_query_at_a_time(store, monkeypatch, method, restrict_v
     monkeypatch.setattr(vectors_module, "_ADD_QUERY_CHUNK", 9)
     monkeypatch.setattr(vectors_module, "_MIN_SCORE_BLOCK", 1)
     monkeypatch.setattr(vectors_module, "_SCORE_BLOCK_BYTES", 4 * 9 * 997)
+    monkeypatch.setattr(vectors_module, "_EXACT_GROUP_ROWS", 7)  # rescored a few queries at a time
     assert ours.most_similar_batch(queries, topn=7, restrict_vocab=restrict_vocab, method=method) == one_by_one
 
 
