@@ -118,8 +118,9 @@ def build_neighbours(
     """The table for the `words` most frequent words (all when None), with the search's own
     exact rescoring and ranking, so it answers exactly what the search would.
 
-    Costs about half a batched search per indexed word (each pair of indexed words is scored
-    once): on 2 cores, some 20 s for 100k x 100k x 100. Returns None when there is nothing
+    Costs about one batched search per indexed word with AVX-512 VNNI, half of one elsewhere
+    (each pair of indexed words scored once): on 2 cores, 8 s and 13-20 s for 100k x 100k x
+    100. Returns None when there is nothing
     to index (fewer than two words, `words=0` or `k=0`). `should_stop` is polled between
     chunks (raising `TrainingCancelled`); `progress` gets (words done, words to do).
     """
@@ -161,9 +162,11 @@ def _shortlists(
     for is the float32 rounding bound plus twice the largest gap between a unit row and its
     query direction; the shortlist band is widened by that.
     """
-    from model import search
-    from model.vectors import _RESCORE_MARGIN, _band_shortlists, _unit_rows
+    from model import search, vnni_search
+    from model.vectors import _RESCORE_MARGIN, _VNNI_MAX_TOPN, _band_shortlists, _unit_rows
 
+    if k <= _VNNI_MAX_TOPN and vectors.vector_size <= vnni_search.MAX_DIM and vnni_search.available():
+        return _vnni_shortlists(vectors, n, k, should_stop, progress)
     unit = vectors.unit_vectors
     vocab = len(vectors)
     heap_k = min(k + _RESCORE_MARGIN, vocab)
@@ -202,3 +205,30 @@ def _shortlists(
         return full
 
     return _band_shortlists(vals, found, k, vocab, slack, score_in_full)
+
+
+def _vnni_shortlists(
+    vectors: Vectors,
+    n: int,
+    k: int,
+    should_stop: Callable[[], bool] | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[np.ndarray]:
+    """`_shortlists` on a CPU with AVX-512 VNNI: each word searched as a one-word query, a
+    chunk at a time, by the kernel the search itself uses (`model.vnni_search`). It does
+    every multiply-add twice where the float32 route shares them between two words, and is
+    still faster: 8.4 s against 13.0 s for 100k x 100k x 100 on 2 cores."""
+    vectors.int8_rows  # noqa: B018 - lays the rows out for the kernel
+    unit = vectors.unit_vectors
+    found: list[np.ndarray] = []
+    for start in range(0, n, _BUILD_CHUNK):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("stopped while building the neighbour table")
+        stop = min(start + _BUILD_CHUNK, n)
+        queries = [vectors._parse(vectors.words[row], None, unit, []) for row in range(start, stop)]
+        means = vectors._mean_directions(queries)
+        own = [[row] for row in range(start, stop)]
+        found.extend(vectors._vnni_shortlists(means, queries, own, unit, len(vectors), k))
+        if progress is not None:
+            progress(stop, n)
+    return found

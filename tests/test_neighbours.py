@@ -10,7 +10,7 @@ import pytest
 from gensim.models import KeyedVectors
 
 import model.vectors as vectors_module
-from model import Model, ModelFormatError, TrainingCancelled, Vectors, load_model, save_model
+from model import Model, ModelFormatError, TrainingCancelled, Vectors, load_model, save_model, vnni_search
 from model.neighbours import NeighbourTable, build_neighbours
 from model.store import NEIGHBOURS_FILE
 
@@ -173,7 +173,17 @@ def test_a_table_for_other_vectors_cannot_be_attached(pair) -> None:
         _vectors(n=100).attach_neighbours(indexed.neighbours)
 
 
-def test_build_reports_progress_and_stops_when_asked(monkeypatch) -> None:
+def float32_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build tables by the float32 route, as on CPUs without AVX-512 VNNI."""
+    monkeypatch.setattr(vnni_search, "available", lambda: False)
+
+
+@pytest.mark.parametrize("route", ["float32", "vnni"])
+def test_build_reports_progress_and_stops_when_asked(monkeypatch, route) -> None:
+    if route == "float32":
+        float32_route(monkeypatch)
+    elif not vnni_search.available():
+        pytest.skip("needs a CPU with AVX-512 VNNI")
     monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 100)
     vectors = _vectors(n=500, dim=8)
     seen: list[tuple[int, int]] = []
@@ -211,6 +221,7 @@ def test_uneven_blocks_build_the_same_table(pair, monkeypatch) -> None:
     # Each pair of words is scored once and offered to both words' heaps; blocks that do not
     # divide the vocabulary (and words split from their near-duplicates) must not matter.
     indexed, searched = pair
+    float32_route(monkeypatch)  # the route that shares each pair between two words
     monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 37)
     monkeypatch.setattr("model.neighbours._BUILD_ROWS", 53)
     rebuilt = build_neighbours(searched, k=K, words=2000)
@@ -223,3 +234,14 @@ def test_uneven_blocks_build_the_same_table(pair, monkeypatch) -> None:
         expected = searched.most_similar(searched.words[row], topn=K)
         assert [searched.words[i] for i in everything.rows[row]] == [w for w, _ in expected]
         assert everything.scores[row].tolist() == [s for _, s in expected]
+
+
+@pytest.mark.skipif(not vnni_search.available(), reason="needs a CPU with AVX-512 VNNI")
+def test_both_build_routes_give_the_same_table(monkeypatch) -> None:
+    vectors = _vectors()
+    by_vnni = build_neighbours(vectors, k=K, words=2500)
+    float32_route(monkeypatch)
+    by_float32 = build_neighbours(Vectors(vectors.words, vectors.vectors, vectors.counts), k=K, words=2500)
+    assert by_vnni is not None and by_float32 is not None
+    np.testing.assert_array_equal(by_vnni.rows, by_float32.rows)
+    np.testing.assert_array_equal(by_vnni.scores, by_float32.scores)
