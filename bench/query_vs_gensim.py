@@ -26,7 +26,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 _BLAS_SPIN_S = 0.2
 
 
-def _time_each(fn, items) -> list[float]:  # type: ignore[no-untyped-def]
+def _time_each(fn: Callable[[Any], object], items: Iterable[Any]) -> list[float]:
     out = []
     for item in items:
         t = time.perf_counter()

@@ -53,6 +53,7 @@ def use_int8_kernel(monkeypatch, kernel: str, *vecs: Vectors) -> None:
         pytest.skip("needs a CPU with AVX-512 VNNI")
     if kernel == "scan":
         monkeypatch.setattr(vnni_search, "available", lambda: False)
+    monkeypatch.setattr(vectors_module, "_INT8_MIN_VALUES", 0)  # these stores are small
     for v in vecs:
         monkeypatch.setattr(v, "_int8", None)
         monkeypatch.setattr(v, "_packed", None)
@@ -80,7 +81,8 @@ def test_most_similar_matches_gensim(store, search_path, kwargs) -> None:
     assert (ours._packed is not None) == (search_path == "int8-vnni")
 
 
-def test_int8_copy_is_built_only_after_enough_small_searches() -> None:
+def test_int8_copy_is_built_only_after_enough_small_searches(monkeypatch) -> None:
+    monkeypatch.setattr(vectors_module, "_INT8_MIN_VALUES", 0)
     rng = np.random.default_rng(1)
     vecs = Vectors([f"w{i}" for i in range(500)], rng.standard_normal((500, 8)).astype(np.float32))
     for i in range(vectors_module._INT8_AFTER_SEARCHES):
@@ -88,6 +90,19 @@ def test_int8_copy_is_built_only_after_enough_small_searches() -> None:
     assert vecs._int8 is None  # a one-shot user (the CLI) never pays for it
     vecs.most_similar("w0")
     assert vecs._int8 is not None
+
+
+def test_small_stores_keep_the_float32_product_for_a_few_queries(monkeypatch) -> None:
+    # On a small store the int8 routes' fixed costs outweigh the pass they save.
+    rng = np.random.default_rng(2)
+    vecs = Vectors([f"w{i}" for i in range(1000)], rng.standard_normal((1000, 8)).astype(np.float32))
+    vecs.int8_rows  # noqa: B018 - built, as the API does at load
+    monkeypatch.setattr(vecs, "_int8_shortlists", None)
+    monkeypatch.setattr(vecs, "_vnni_shortlists", None)
+    assert len(vecs.most_similar("w3", topn=5)) == 5
+    monkeypatch.setattr(vectors_module, "_INT8_MIN_VALUES", 8000)  # the store is 8,000 values
+    with pytest.raises(TypeError):  # the int8 route would be taken now
+        vecs.most_similar("w3", topn=5)
 
 
 def test_long_queries_match_gensim(store, search_path) -> None:
