@@ -165,7 +165,7 @@ def _shortlists(
     from model import search, vnni_search
     from model.vectors import _RESCORE_MARGIN, _VNNI_MAX_TOPN, _band_shortlists, _unit_rows
 
-    if k <= _VNNI_MAX_TOPN and vectors.vector_size <= vnni_search.MAX_DIM and vnni_search.available():
+    if k <= _VNNI_MAX_TOPN and vnni_search.serves(vectors.vector_size):
         return _vnni_shortlists(vectors, n, k, should_stop, progress)
     unit = vectors.unit_vectors
     vocab = len(vectors)

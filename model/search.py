@@ -150,16 +150,15 @@ ROUNDING_SLACK = 1e-6
 class Int8Rows:
     """An int8 copy of unit rows: row r is approximately `scales[r] * codes[r]`.
 
-    `errors[r]` bounds the Euclidean norm of row r's approximation error and `norms[r]` the
-    norm of the approximated row (float32, rounded up); `max_error` and `max_norm` bound them
-    all. The scans turn them into a bound on the error of every approximate score: the
-    single-query scan one bound for all rows, the batch kernel (`int8_batch`) one per row.
+    `errors[r]` bounds the Euclidean norm of row r's approximation error (float32, rounded
+    up), `max_error` all of them, and `max_norm` the norm of every approximated row. The
+    searches turn them into a bound on the error of every approximate score: the int8 scan
+    one bound for all rows, the VNNI kernel (`vnni_search`) one per row.
     """
 
     codes: np.ndarray  # (rows, dim) int8
     scales: np.ndarray  # (rows,) float32
     errors: np.ndarray  # (rows,) float32
-    norms: np.ndarray  # (rows,) float32
     max_error: float
     max_norm: float
 
@@ -168,7 +167,7 @@ class Int8Rows:
         codes = np.empty(unit.shape, dtype=np.int8)
         scales = np.empty(len(unit), dtype=np.float32)
         errors = np.empty(len(unit), dtype=np.float32)
-        norms = np.empty(len(unit), dtype=np.float32)
+        max_norm = 0.0
         for start in range(0, len(unit), chunk_rows):
             x = np.asarray(unit[start : start + chunk_rows], dtype=np.float64)
             scale = (np.abs(x).max(axis=1) / _INT8_MAX).astype(np.float32)
@@ -178,10 +177,8 @@ class Int8Rows:
             scales[start : start + len(x)] = scale
             approx = block * scale.astype(np.float64)[:, None]
             errors[start : start + len(x)] = _rounded_up(np.linalg.norm(x - approx, axis=1))
-            norms[start : start + len(x)] = _rounded_up(np.linalg.norm(approx, axis=1))
-        max_error = float(errors.max(initial=0.0))
-        max_norm = float(norms.max(initial=0.0))
-        return Int8Rows(codes, scales, errors, norms, max_error, max_norm)
+            max_norm = max(max_norm, float(_rounded_up(np.linalg.norm(approx, axis=1)).max(initial=0.0)))
+        return Int8Rows(codes, scales, errors, float(errors.max(initial=0.0)), max_norm)
 
     def without_codes(self) -> Int8Rows:
         """These rows with the row-major codes dropped, once a packed copy serves instead."""

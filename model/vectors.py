@@ -355,7 +355,7 @@ class Vectors:
                     from model import search, vnni_search
 
                     rows = search.Int8Rows.build(unit, _NORM_CHUNK_ROWS)
-                    if self.vector_size <= vnni_search.MAX_DIM and vnni_search.available():
+                    if vnni_search.serves(self.vector_size):
                         self._packed = vnni_search.PackedRows.build(rows)
                         rows = rows.without_codes()
                     self._int8 = rows

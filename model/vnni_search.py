@@ -44,7 +44,7 @@ from numba import njit
 
 from model.search import _FAST, ROUNDING_SLACK, Int8Rows, _listed, _replace_root, _rounded_up
 
-__all__ = ["MAX_DIM", "PackedRows", "available", "shortlists"]
+__all__ = ["MAX_DIM", "PackedRows", "available", "serves", "shortlists"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,11 @@ def available() -> bool:
     return _compiled() is not None
 
 
+def serves(dim: int) -> bool:
+    """Whether the kernel searches vectors of `dim` dimensions on this CPU."""
+    return dim <= MAX_DIM and available()
+
+
 @dataclass(frozen=True)
 class PackedRows:
     """`Int8Rows` rearranged for the kernel: codes as (blocks, quads, 16 rows x 4 codes),
@@ -285,7 +290,6 @@ class PackedRows:
     scales: np.ndarray  # float32
     errors: np.ndarray  # float32
     max_norm: float
-    n_rows: int
     n_quads: int
 
     @staticmethod
@@ -304,7 +308,7 @@ class PackedRows:
             out[:n] = values
             return out
 
-        return PackedRows(packed, offsets, per_row(rows.scales), per_row(rows.errors), rows.max_norm, n, n_quads)
+        return PackedRows(packed, offsets, per_row(rows.scales), per_row(rows.errors), rows.max_norm, n_quads)
 
 
 _Buffers = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]

@@ -179,10 +179,9 @@ def test_shortlists_hold_every_query_s_exact_top(parts: int, run_parts: Any) -> 
             assert rows.max(initial=-1) < n and not set(rows.tolist()) & set(excluded[q])
 
 
-def test_compacting_full_candidate_lists_keeps_every_row_that_may_rank(monkeypatch: pytest.MonkeyPatch) -> None:
-    # With little spare room, the lists fill and are compacted over and over on ordinary data.
-    monkeypatch.setattr(vnni_search, "_SPARE_CANDIDATES", 64)
-    compactions = []
+def count_compactions(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Per chunk the selection takes from now on: whether it compacted a candidate list."""
+    compactions: list[bool] = []
     select = vnni_search._select_chunk
 
     def counting_select(*args: Any) -> None:
@@ -191,6 +190,13 @@ def test_compacting_full_candidate_lists_keeps_every_row_that_may_rank(monkeypat
         compactions.append(bool((args[-2] < before).any()))
 
     monkeypatch.setattr(vnni_search, "_select_chunk", counting_select)
+    return compactions
+
+
+def test_compacting_full_candidate_lists_keeps_every_row_that_may_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With little spare room, the lists fill and are compacted over and over on ordinary data.
+    monkeypatch.setattr(vnni_search, "_SPARE_CANDIDATES", 64)
+    compactions = count_compactions(monkeypatch)
     rng = np.random.default_rng(8)
     unit = unit_rows(rng, 6000, 24)
     order = np.argsort(unit @ unit[0])  # rows in rising score for query 0: each one a new best
@@ -214,15 +220,7 @@ def test_compacting_next_to_the_final_cut_keeps_the_near_ties_that_rank(monkeypa
     # compaction they cause happens with the cut at its final level, among rows the int8
     # copy cannot order.
     monkeypatch.setattr(vnni_search, "_SPARE_CANDIDATES", 90)
-    compactions = []
-    select = vnni_search._select_chunk
-
-    def counting_select(*args: Any) -> None:
-        before = args[-2].copy()  # counts
-        select(*args)
-        compactions.append(bool((args[-2] < before).any()))
-
-    monkeypatch.setattr(vnni_search, "_select_chunk", counting_select)
+    compactions = count_compactions(monkeypatch)
     rng = np.random.default_rng(9)
     base = rng.standard_normal(32).astype(np.float32)
     arr = rng.standard_normal((5000, 32)).astype(np.float32)
