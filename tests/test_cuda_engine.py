@@ -1,0 +1,148 @@
+"""The CUDA trainer (model/cuda_kernel.py) without a GPU: its source compiles under NVRTC,
+CuPy's compiler, and the whole engine trains on the CPU simulator of tests/cuda_sim.py,
+which also checks every launch's arguments, bounds and warp synchrony.
+
+The simulator runs warps one after another, so these runs are deterministic; on a GPU
+thousands of warps share the weights at once (Hogwild) and runs differ in the last bits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import model.backend as backend
+import model.cuda_kernel as cuda_kernel
+import model.trainer as trainer
+from model import Progress, TrainConfig, TrainingCancelled, train
+from tests.cuda_sim import SimCupy, compiler
+from tests.nvrtc import compile_cuda
+
+needs_simulator = pytest.mark.skipif(compiler() is None, reason="the CUDA simulator needs g++ on x86-64 Linux")
+
+
+@pytest.mark.parametrize("arch", ["compute_75", "compute_90"])
+def test_kernel_compiles_under_nvrtc_with_the_engines_options(arch: str) -> None:
+    compiled = compile_cuda(cuda_kernel.CUDA_SOURCE, (f"-arch={arch}", *cuda_kernel.NVRTC_OPTIONS))
+    assert compiled.ok, compiled.log
+    assert ".entry cbow_hogwild" in compiled.ptx
+    # nvcc's -O3 is what CuPy's compiler refuses: the check above would catch it coming back.
+    assert not compile_cuda(cuda_kernel.CUDA_SOURCE, (f"-arch={arch}", "-O3")).ok
+
+
+@pytest.fixture
+def gpu(monkeypatch: pytest.MonkeyPatch) -> SimCupy:
+    """device="cuda" served by the simulator (one multiprocessor: 16 blocks of 8 warps)."""
+    if compiler() is None:
+        pytest.skip("the CUDA simulator needs g++ on x86-64 Linux")
+    cp = SimCupy(multiprocessors=1)
+    monkeypatch.setattr(backend, "_cupy", lambda: cp)
+    return cp
+
+
+def _launch_records(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, float]]:
+    """(raw words, trained words, alpha) of every tracker update."""
+    records: list[tuple[int, int, float]] = []
+    add = trainer._Tracker.add
+
+    def spy(self: Any, raw_words: int, trained: int, loss: float, alpha: float) -> None:
+        records.append((raw_words, trained, alpha))
+        add(self, raw_words, trained, loss, alpha)
+
+    monkeypatch.setattr(trainer._Tracker, "add", spy)
+    return records
+
+
+@needs_simulator
+@pytest.mark.slow
+def test_simulated_gpu_training_agrees_with_the_cpu_engine(gpu: SimCupy, lee_text: Path) -> None:
+    cfg = dict(seed=3, epochs=2, threads=1)
+    cpu = train(lee_text, TrainConfig(device="cpu", **cfg))  # type: ignore[arg-type]
+    cuda = train(lee_text, TrainConfig(device="cuda", **cfg))  # type: ignore[arg-type]
+    assert cuda.meta["training"]["device"] == "cuda" and cuda.meta["training"]["engine"] == "hogwild"
+    assert gpu.kernels and gpu.kernels[0].launches == 2
+    # Same algorithm, other random streams. The first epoch's loss runs a little higher:
+    # 128 warps update at once, each from weights a few words stale (Hogwild); one warp
+    # alone lands within 0.5 % of the CPU engine.
+    gpu_losses, cpu_losses = cuda.meta["training"]["epoch_losses"], cpu.meta["training"]["epoch_losses"]
+    assert gpu_losses[0] == pytest.approx(cpu_losses[0], rel=0.05)
+    assert gpu_losses[-1] == pytest.approx(cpu_losses[-1], rel=0.01)
+    overlap = []
+    for word in cpu.vectors.words[50:80]:
+        a = {w for w, _ in cpu.vectors.most_similar(word, topn=20)}
+        b = {w for w, _ in cuda.vectors.most_similar(word, topn=20)}
+        overlap.append(len(a & b) / 20)
+    assert float(np.mean(overlap)) > 0.2
+    assert np.isfinite(cuda.vectors.vectors).all()
+
+
+@needs_simulator
+def test_long_sentences_are_trained_in_pieces_every_word_counted(gpu: SimCupy, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    lengths = [2501, 2001, 7, 1, 1, 30]  # 2501 = 1000 + 1000 + 501; 2001 leaves a 1-word piece
+    sentences = [list(rng.choice(words, size=n)) for n in lengths]
+    records = _launch_records(monkeypatch)
+    train(sentences, TrainConfig(device="cuda", epochs=2, sample=0.0, min_count=1, window=3, seed=1))
+    per_epoch = len(records) // 2
+    assert per_epoch >= 1 and len(records) == 2 * per_epoch
+    for epoch in (records[:per_epoch], records[per_epoch:]):
+        assert sum(r[0] for r in epoch) == sum(lengths)
+        # Without subsampling every word that has a context is trained: all but the two
+        # one-word sentences and the one-word last piece of the 2001-word sentence.
+        assert sum(r[1] for r in epoch) == sum(lengths) - 3
+
+
+@needs_simulator
+def test_progress_alpha_and_cancel_between_launches(gpu: SimCupy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda_kernel, "WORDS_PER_LAUNCH", 700)
+    rng = np.random.default_rng(1)
+    sentences = [list(rng.choice([f"w{i}" for i in range(60)], size=50)) for _ in range(100)]  # 5,000 words
+    records = _launch_records(monkeypatch)
+    seen: list[Progress] = []
+    model = train(sentences, TrainConfig(device="cuda", epochs=2, seed=2), progress=seen.append, progress_interval=0.0)
+    launches = gpu.kernels[-1].launches
+    assert launches == 2 * 8  # 5,000 words in whole 50-word sentences: 7 launches of 700, one of 100
+    alphas = [r[2] for r in records]
+    assert alphas == sorted(alphas, reverse=True) and alphas[-1] == pytest.approx(model.meta["config"]["min_alpha"])
+    done = [p.words_done for p in seen]
+    assert done == sorted(done) and done[-1] == 10_000
+
+    calls = 0
+
+    def stop_after_three() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls >= 3
+
+    before = len(gpu.kernels)
+    with pytest.raises(TrainingCancelled):
+        train(sentences, TrainConfig(device="cuda", epochs=2, seed=2), should_stop=stop_after_three)
+    assert gpu.kernels[before].launches == 3
+
+
+@needs_simulator
+def test_resume_on_the_gpu_engine_equals_an_uninterrupted_run(
+    gpu: SimCupy, lee_sentences: list[list[str]], tmp_path: Path
+) -> None:
+    sentences = lee_sentences[:60]
+    cfg = TrainConfig(device="cuda", seed=5, epochs=3)
+    reference = train(sentences, cfg)
+    seen: list[Progress] = []
+    with pytest.raises(TrainingCancelled):
+        train(
+            sentences,
+            cfg,
+            checkpoint_dir=tmp_path,
+            progress=seen.append,
+            progress_interval=0.0,
+            should_stop=lambda: bool(seen) and seen[-1].epoch == 3,
+        )
+    resumed = train(sentences, cfg, checkpoint_dir=tmp_path)
+    assert resumed.meta["training"]["resumed_from_epoch"] == 2
+    # Only deterministic on the simulator; it shows the device weights reach the checkpoint
+    # and the resumed run replays the same launches with the same seeds.
+    np.testing.assert_array_equal(resumed.vectors.vectors, reference.vectors.vectors)
