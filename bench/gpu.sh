@@ -15,5 +15,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__)"
-python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
-python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log"
+# The benchmark runs even when a test fails, and each step has a time limit inside the device
+# call's ten minutes, so one call always brings back figures.
+tests=0
+timeout 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" || tests=$?
+bench=0
+timeout "${BENCH_SECONDS:-330}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
+echo "gpu tests exit $tests, benchmark exit $bench"
+exit $(( tests || bench ))

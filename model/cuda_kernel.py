@@ -6,14 +6,17 @@ shared weights (Hogwild, as BlazingText does on GPUs). Random numbers come from 
 (seed, sentence, position, purpose) rather than a sequential generator, so lanes agree on
 every draw without communicating and a launch's draws do not depend on scheduling.
 
-The token stream, the sampling tables and both weight matrices stay on the device for the
-whole job; the host launches one kernel per slice of the corpus and reads back two numbers
-(loss, trained words) per slice, for progress and cancellation.
+The sampling tables and both weight matrices stay on the device for the whole job, and so
+does the token stream when it fits beside them; a corpus too large for the GPU's free memory
+stays on the host and each launch uploads its own slice. The host launches one kernel per
+slice of the corpus and reads back two numbers (loss, trained words) per slice, for progress
+and cancellation.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,8 @@ from model.errors import TrainingCancelled
 if TYPE_CHECKING:
     from model.trainer import _Run, _Tracker
 
+log = logging.getLogger(__name__)
+
 # word2vec.c's MAX_SENTENCE_LENGTH: longer sentences are trained as consecutive pieces,
 # which also keeps a warp's compacted sentence in shared memory.
 MAX_GPU_SENTENCE = 1000
@@ -32,6 +37,9 @@ WORDS_PER_LAUNCH = 4_000_000  # ~0.2 s at 20 M words/s: progress and cancel stay
 SHARED_MEMORY_BYTES = 48 * 1024
 # NVRTC (CuPy's compiler) optimises by default and rejects nvcc's -O flags.
 NVRTC_OPTIONS: tuple[str, ...] = ()
+# Left free beside the job's arrays when deciding whether the whole corpus fits on the GPU
+# (CuPy's pool, cuBLAS workspaces, other processes' growth).
+DEVICE_MEMORY_MARGIN = 1 << 30
 
 CUDA_SOURCE = r"""
 #define FULL_MASK 0xffffffffu
@@ -54,7 +62,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 extern "C" __global__ void cbow_hogwild(
     float* __restrict__ syn0, float* __restrict__ syn1neg,
-    const int* __restrict__ tokens, const long long* __restrict__ offsets,
+    const int* __restrict__ tokens, const long long token_base, const long long* __restrict__ offsets,
     const long long s_begin, const long long s_end,
     const unsigned long long* __restrict__ keep_threshold,
     const float* __restrict__ alias_accept, const int* __restrict__ alias_index,
@@ -90,7 +98,7 @@ extern "C" __global__ void cbow_hogwild(
             int w = -1;
             bool keep = false;
             if (i < stop) {
-                w = tokens[i];
+                w = tokens[i - token_base];
                 keep = keep_threshold[w] > (draw(base, i - start, 0) >> 32);
             }
             const unsigned ballot = __ballot_sync(FULL_MASK, keep);
@@ -181,18 +189,38 @@ def split_sentences(offsets: np.ndarray, max_len: int = MAX_GPU_SENTENCE) -> np.
 
 class CudaHogwildEngine:
     def __init__(self, run: _Run, device: str):
+        from model.trainer import _job_bounds
+
         self.run = run
         cp = self.cp = array_module(device)
         cfg = run.cfg
         self.dim = cfg.vector_size
         self.W_in = cp.asarray(run.syn0)
         self.W_out = cp.asarray(run.syn1neg)
-        self.tokens = cp.asarray(run.corpus.tokens)
         self.host_offsets = split_sentences(run.corpus.offsets)
         self.offsets = cp.asarray(self.host_offsets)
         self.keep = cp.asarray(run.keep)
         self.accept = cp.asarray(run.sampler.accept)
         self.alias = cp.asarray(run.sampler.alias)
+        self.cuts = _job_bounds(self.host_offsets, WORDS_PER_LAUNCH)  # sentence indices where launches start
+        tokens = run.corpus.tokens
+        free, _total = cp.cuda.runtime.memGetInfo()
+        # Resident: uploaded once for every epoch. Streamed: one launch's slice at a time,
+        # into a buffer sized for the largest launch.
+        self.resident = tokens.nbytes + DEVICE_MEMORY_MARGIN <= free
+        if self.resident:
+            self.tokens = cp.asarray(tokens)
+        else:
+            largest = int(np.diff(self.host_offsets[self.cuts]).max(initial=1))
+            self.tokens = cp.empty(max(largest, 1), dtype=np.int32)
+            log.info(
+                "corpus of %d tokens (%.1f GB) does not fit beside the model in the GPU's %.1f GB free: "
+                "streaming it in %d-word slices",
+                tokens.size,
+                tokens.nbytes / 1e9,
+                free / 1e9,
+                largest,
+            )
         self.kernel = cp.RawKernel(CUDA_SOURCE, "cbow_hogwild", options=NVRTC_OPTIONS)
         per_warp = MAX_GPU_SENTENCE * 4 + 2 * self.dim * 4
         self.warps = max(1, min(8, SHARED_MEMORY_BYTES // per_warp))
@@ -203,6 +231,14 @@ class CudaHogwildEngine:
         self.loss = cp.zeros(1, dtype=cp.float64)
         self.trained = cp.zeros(1, dtype=cp.uint64)
 
+    def _tokens_for(self, w0: int, w1: int) -> tuple[Any, int]:
+        """The token array a launch over words w0..w1 reads, and the corpus index of its first entry."""
+        if self.resident:
+            return self.tokens, 0
+        view = self.tokens[: w1 - w0]
+        view.set(self.run.corpus.tokens[w0:w1])
+        return view, w0
+
     def run_epoch(self, epoch: int, tracker: _Tracker, should_stop: Callable[[], bool] | None) -> None:
         from model.trainer import job_seed
 
@@ -210,20 +246,36 @@ class CudaHogwildEngine:
         offsets = self.host_offsets
         n_sent = offsets.size - 1
         raw_per_word = run.corpus.n_raw_words / max(run.corpus.n_words, 1)
-        targets = np.arange(WORDS_PER_LAUNCH, offsets[-1], WORDS_PER_LAUNCH)
-        cuts = np.unique(np.concatenate(([0], np.searchsorted(offsets, targets), [n_sent])))
         raw_reported = 0
-        for launch, (s0, s1) in enumerate(itertools.pairwise(cuts)):
+        for launch, (s0, s1) in enumerate(itertools.pairwise(self.cuts)):
             w0, w1 = int(offsets[s0]), int(offsets[s1])
             a0, a1 = run.alpha_at(epoch, w0), run.alpha_at(epoch, w1)
+            tokens, token_base = self._tokens_for(w0, w1)
             self.loss.fill(0)
             self.trained.fill(0)
             args: tuple[Any, ...] = (
-                self.W_in, self.W_out, self.tokens, self.offsets, np.int64(s0), np.int64(s1), self.keep,
-                self.accept, self.alias, np.int32(self.accept.size), np.int32(self.dim), np.int32(cfg.window),
-                np.int32(cfg.negative), np.int32(MAX_GPU_SENTENCE), np.float32(a0), np.float32(a1),
-                np.int64(w0), np.int64(max(w1 - w0, 1)), np.uint64(job_seed(cfg.seed, epoch, launch)),
-                self.loss, self.trained,
+                self.W_in,
+                self.W_out,
+                tokens,
+                np.int64(token_base),
+                self.offsets,
+                np.int64(s0),
+                np.int64(s1),
+                self.keep,
+                self.accept,
+                self.alias,
+                np.int32(self.accept.size),
+                np.int32(self.dim),
+                np.int32(cfg.window),
+                np.int32(cfg.negative),
+                np.int32(MAX_GPU_SENTENCE),
+                np.float32(a0),
+                np.float32(a1),
+                np.int64(w0),
+                np.int64(max(w1 - w0, 1)),
+                np.uint64(job_seed(cfg.seed, epoch, launch)),
+                self.loss,
+                self.trained,
             )
             self.kernel((self.blocks,), (32 * self.warps,), args, shared_mem=self.shared)
             raw = run.corpus.n_raw_words if s1 == n_sent else round(w1 * raw_per_word)
@@ -238,5 +290,6 @@ class CudaHogwildEngine:
         self.run.syn1neg[...] = self.W_out.get()
 
     def close(self) -> None:
-        del self.W_in, self.W_out, self.tokens, self.offsets
+        del self.W_in, self.W_out, self.tokens, self.offsets, self.keep, self.accept, self.alias
+        del self.loss, self.trained
         free_device_memory()

@@ -578,6 +578,12 @@ class DeviceArray(np.ndarray):
     def get(self) -> np.ndarray:
         return np.array(self, copy=True)
 
+    def set(self, host: np.ndarray) -> None:
+        """Copies a host array of the same shape and dtype in, as CuPy's `ndarray.set`."""
+        if host.shape != self.shape or host.dtype != self.dtype:
+            raise ValueError(f"set: {host.dtype}{host.shape} into {self.dtype}{self.shape}")
+        self[...] = host
+
 
 def _dims(value: int | tuple[int, ...], what: str) -> int:
     dims = (value,) if isinstance(value, int) else tuple(value)
@@ -674,7 +680,7 @@ def _device(x: Any, dtype: Any = None) -> DeviceArray:
 class SimCupy(types.ModuleType):
     """The parts of the `cupy` module the engines use, on NumPy arrays and `SimKernel`."""
 
-    def __init__(self, multiprocessors: int = 2) -> None:
+    def __init__(self, multiprocessors: int = 2, free_memory: int = 16 << 30) -> None:
         super().__init__("cupy_simulated")
         self.kernels: list[SimKernel] = []
         for name in ("float32", "float64", "int32", "int64", "uint32", "uint64", "int8", "uint8"):
@@ -686,7 +692,11 @@ class SimCupy(types.ModuleType):
             "warpSize": 32,
             "name": b"CUDA simulator",
         }
-        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda _id: dict(props))
+        runtime = types.SimpleNamespace(
+            getDeviceCount=lambda: 1,
+            getDeviceProperties=lambda _id: dict(props),
+            memGetInfo=lambda: (free_memory, 2 * free_memory),
+        )
         self.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda *_: types.SimpleNamespace(id=0))
 
     def asarray(self, x: Any, dtype: Any = None) -> DeviceArray:

@@ -146,3 +146,25 @@ def test_resume_on_the_gpu_engine_equals_an_uninterrupted_run(
     # Only deterministic on the simulator; it shows the device weights reach the checkpoint
     # and the resumed run replays the same launches with the same seeds.
     np.testing.assert_array_equal(resumed.vectors.vectors, reference.vectors.vectors)
+
+
+@needs_simulator
+def test_a_corpus_too_large_for_the_gpu_streams_and_trains_the_same(
+    monkeypatch: pytest.MonkeyPatch, lee_sentences: list[list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cuda_kernel, "WORDS_PER_LAUNCH", 3000)
+    sentences = lee_sentences[:60]
+    cfg = TrainConfig(device="cuda", seed=6, epochs=2)
+    roomy = SimCupy(multiprocessors=1)
+    monkeypatch.setattr(backend, "_cupy", lambda: roomy)
+    resident = train(sentences, cfg)
+
+    full = SimCupy(multiprocessors=1, free_memory=0)  # nothing fits beside the model
+    monkeypatch.setattr(backend, "_cupy", lambda: full)
+    with caplog.at_level("INFO", logger="model.cuda_kernel"):
+        streamed = train(sentences, cfg)
+    assert "streaming it in" in caplog.text
+    assert full.kernels[0].launches == roomy.kernels[0].launches > 2 * 2
+    # Each launch reads only its own slice (the simulator bounds-checks it), with the same
+    # sentences, draws and learning rates as the resident run.
+    np.testing.assert_array_equal(streamed.vectors.vectors, resident.vectors.vectors)
