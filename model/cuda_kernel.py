@@ -55,6 +55,16 @@ __device__ __forceinline__ unsigned long long draw(unsigned long long base, long
     return mix64(base ^ mix64(((unsigned long long)pos << 8) | (unsigned long long)purpose));
 }
 
+// Negative `d` of the word at `pos`: a uniform draw from the unigram^0.75 alias table.
+__device__ __forceinline__ int negative_target(
+    unsigned long long base, int pos, int d, int n_vocab,
+    const float* __restrict__ alias_accept, const int* __restrict__ alias_index) {
+    const unsigned long long r = draw(base, pos, 2 + d);
+    const int j = (int)(((r >> 32) * (unsigned long long)n_vocab) >> 32);
+    const float coin = (float)(r & 0xffffffffULL) * 2.3283064365386963e-10f;
+    return coin < alias_accept[j] ? j : alias_index[j];
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(FULL_MASK, v, off);
     return v;
@@ -124,6 +134,10 @@ extern "C" __global__ void cbow_hogwild(
                 neu1[k] = acc * inv;
                 neu1e[k] = 0.0f;
             }
+            // Lane l draws negative l + 1 up front, so the table lookups of all negatives
+            // overlap instead of waiting on each other; the draws are the same either way.
+            const int drawn = lane < negative ? negative_target(base, pos, lane + 1, n_vocab, alias_accept, alias_index)
+                                              : word;
             for (int d = 0; d <= negative; d++) {
                 int target;
                 float label;
@@ -131,10 +145,8 @@ extern "C" __global__ void cbow_hogwild(
                     target = word;
                     label = 1.0f;
                 } else {
-                    const unsigned long long r = draw(base, pos, 2 + d);
-                    const int j = (int)(((r >> 32) * (unsigned long long)n_vocab) >> 32);
-                    const float coin = (float)(r & 0xffffffffULL) * 2.3283064365386963e-10f;
-                    target = coin < alias_accept[j] ? j : alias_index[j];
+                    target = d <= 32 ? __shfl_sync(FULL_MASK, drawn, d - 1)
+                                     : negative_target(base, pos, d, n_vocab, alias_accept, alias_index);
                     if (target == word) continue;
                     label = 0.0f;
                 }
