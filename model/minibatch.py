@@ -13,6 +13,7 @@ measured close to per-word SGD quality on the Wikipedia sample (bench/RESULTS.md
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 Array = Any
 
 DEFAULT_BATCH = 1024  # centre words per step
+# Loss and word counts stay on the device and are read back (a host round trip, which waits
+# for the GPU) about this often, not once per step.
+READBACK_SECONDS = 0.5
 
 
 def occurrence_scale(xp: Any, idx: Array, n_rows: int, weights: Array | None = None) -> Array:
@@ -71,6 +75,9 @@ class MinibatchEngine:
         embed_in = Embedding(self.W_in)
         dot = EmbeddingDot(self.W_out)
         loss_layer = SigmoidCrossEntropy()
+        loss_sum, trained_sum = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.int64)
+        raw_reported = 0
+        last_readback = time.perf_counter()
         for b0 in range(0, n, self.batch):
             b1 = min(b0 + self.batch, n)
             # The learning rate follows the position in the (un-subsampled) stream, as in word2vec.c.
@@ -100,7 +107,7 @@ class MinibatchEngine:
             weights = weights.astype(xp.float32)
 
             scores = dot.forward(h, targets)
-            loss = float(loss_layer.forward(scores, labels, weights))
+            loss_sum += loss_layer.forward(scores, labels, weights)
             dscore = loss_layer.backward()
             dh, d_rows = dot.backward(dscore)
             d_rows *= occurrence_scale(xp, targets, n_vocab, weights)[:, :, None]
@@ -109,10 +116,15 @@ class MinibatchEngine:
             d_ctx = dh[:, None, :] * (mask * occurrence_scale(xp, ctx, n_vocab, mask))[:, :, None]
             embed_in.sgd_step(d_ctx, alpha)
 
-            trained = int(has_ctx.sum())
-            raw_done = round((b1 - b0) / max(n, 1) * raw_total)
-            tracker.add(raw_done, trained, loss, alpha)
-            tracker.report()
+            trained_sum += has_ctx.sum()
+            if b1 == n or time.perf_counter() - last_readback >= READBACK_SECONDS:
+                raw_done = round(b1 / n * raw_total)  # so that an epoch adds up to the corpus exactly
+                tracker.add(raw_done - raw_reported, int(trained_sum), float(loss_sum), alpha)
+                loss_sum.fill(0)
+                trained_sum.fill(0)
+                raw_reported = raw_done
+                last_readback = time.perf_counter()
+                tracker.report()
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training was cancelled")
 

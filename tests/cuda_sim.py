@@ -2,10 +2,13 @@
 
 `SimKernel(source, name)` stands in for `cupy.RawKernel`: it compiles the kernel's own source
 with g++ against a small shim and launches it with CuPy's calling convention. Each GPU
-thread is a coroutine with its own stack; a block's threads run one after another between
-warp-level barriers (`__shfl_*_sync`, `__ballot_sync`, `__syncwarp`) and block barriers
-(`__syncthreads`), so warp-synchronous code computes what it computes on a GPU. Blocks, and
-the warps of a block, run one after another, so a launch is deterministic.
+thread is a coroutine with its own stack. Threads take turns, each running up to its next
+warp-level barrier (`__shfl_*_sync`, `__ballot_sync`, `__syncwarp`) or block barrier
+(`__syncthreads`), so warp-synchronous code computes what it computes on a GPU. Up to 4,096
+threads' blocks are resident at once and advance together, barrier by barrier, as blocks
+share a GPU, and a finished block's place goes to the next; so kernels that share memory
+across warps (Hogwild) see other warps' updates land between their own steps. The turns
+follow a fixed order, so a launch is deterministic.
 
 What a launch checks, beyond running the code:
 - every argument against the kernel's parameter list: device array for a pointer (of the
@@ -492,8 +495,7 @@ def parse_params(source: str, name: str) -> list[Param]:
 
 
 def _cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path(tempfile.gettempdir()) / f"w2v-cudasim-{os.getuid()}")
-    path = root / "w2v-cudasim" if "XDG_CACHE_HOME" in os.environ else root
+    path = Path(tempfile.gettempdir()) / f"w2v-cudasim-{os.getuid()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -534,14 +536,14 @@ def _build(source: str, name: str, params: Sequence[Param]) -> ctypes.CDLL:
     lib_path = _cache_dir() / f"{name}-{key}.so"
     with _build_lock:
         if not lib_path.exists():
-            src = lib_path.with_suffix(".cpp")
+            # Named per process: another test process may be building the same library.
+            src = lib_path.with_suffix(f".{os.getpid()}.cpp")
             src.write_text(text)
             tmp = lib_path.with_suffix(f".{os.getpid()}.tmp")
             cmd = [
                 cxx,
                 "-std=c++17",
                 "-O2",
-                "-g",
                 "-fPIC",
                 "-shared",
                 "-fno-strict-aliasing",
@@ -551,6 +553,7 @@ def _build(source: str, name: str, params: Sequence[Param]) -> ctypes.CDLL:
                 str(src),
             ]
             done = subprocess.run(cmd, capture_output=True, text=True)
+            src.unlink()
             if done.returncode != 0:
                 raise SimLaunchError(f"the kernel does not compile on the simulator:\n{done.stderr[-4000:]}")
             os.replace(tmp, lib_path)

@@ -15,6 +15,7 @@ from model import (
     Progress,
     TrainConfig,
     TrainingCancelled,
+    Vectors,
     train,
 )
 from model.checkpoint import CHECKPOINT_FILE
@@ -23,7 +24,7 @@ from model.checkpoint import CHECKPOINT_FILE
 SANITY = dict(negative=15, epochs=10, sample=0.0, alpha=0.05, window=5, min_count=5)
 
 
-def _rank(vectors, query: str, expected: str) -> int:  # type: ignore[no-untyped-def]
+def _rank(vectors: Vectors, query: str, expected: str) -> int:
     words = [w for w, _ in vectors.most_similar(query, topn=len(vectors))]
     return words.index(expected)
 
@@ -44,6 +45,37 @@ def test_minibatch_engine_on_numpy_learns_related_words(lee_sentences: list[list
     assert _rank(model.vectors, "attacks", "bombings") < 100
     losses = model.meta["training"]["epoch_losses"]
     assert losses[-1] < losses[0] * 0.9
+
+
+def test_minibatch_engine_reads_loss_and_counts_back_about_twice_a_second_not_per_step(
+    lee_sentences: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CuPy every read-back waits for the GPU; the engine keeps its sums on the device between them."""
+    import model.minibatch as minibatch
+    import model.trainer as trainer
+
+    adds: list[tuple[int, int, float]] = []
+    add = trainer._Tracker.add
+
+    def spy(self: trainer._Tracker, raw: int, trained: int, loss: float, alpha: float) -> None:
+        adds.append((raw, trained, loss))
+        add(self, raw, trained, loss, alpha)
+
+    monkeypatch.setattr(trainer._Tracker, "add", spy)
+    cfg = TrainConfig(seed=1, engine="minibatch", batch_words=64, epochs=2, threads=1)
+    sentences = lee_sentences[:60]
+    monkeypatch.setattr(minibatch, "READBACK_SECONDS", 0.0)
+    every_step = train(sentences, cfg)
+    per_step = list(adds)
+    adds.clear()
+    monkeypatch.setattr(minibatch, "READBACK_SECONDS", 3600.0)
+    once = train(sentences, cfg)
+    assert len(adds) == 2 < len(per_step)  # one read-back per epoch, at its end
+    raw_words = every_step.meta["corpus"]["raw_words"]
+    assert [a[0] for a in adds] == [raw_words, raw_words]
+    assert sum(a[1] for a in adds) == sum(a[1] for a in per_step)
+    assert sum(a[2] for a in adds) == pytest.approx(sum(a[2] for a in per_step), rel=1e-9)
+    np.testing.assert_array_equal(once.vectors.vectors, every_step.vectors.vectors)
 
 
 def test_one_thread_run_is_reproducible(lee_sentences: list[list[str]]) -> None:
