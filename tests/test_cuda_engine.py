@@ -168,3 +168,17 @@ def test_a_corpus_too_large_for_the_gpu_streams_and_trains_the_same(
     # Each launch reads only its own slice (the simulator bounds-checks it), with the same
     # sentences, draws and learning rates as the resident run.
     np.testing.assert_array_equal(streamed.vectors.vectors, resident.vectors.vectors)
+
+
+@needs_simulator
+@pytest.mark.parametrize(("vector_size", "window", "negative"), [(1, 1, 1), (33, 5, 40), (1000, 50, 5)])
+def test_extreme_parameters_stay_inside_the_gpus_limits(
+    gpu: SimCupy, lee_sentences: list[list[str]], vector_size: int, window: int, negative: int
+) -> None:
+    """The allowed extremes: shared memory per block (1000 dims leave 4 warps), lanes with no
+    dimension of their own, more negatives than lanes, windows wider than most sentences."""
+    cfg = TrainConfig(device="cuda", seed=4, epochs=2, vector_size=vector_size, window=window, negative=negative)
+    model = train(lee_sentences[:20], cfg)
+    vectors = model.vectors.vectors
+    assert vectors.shape[1] == vector_size and np.isfinite(vectors).all()
+    assert np.isfinite(model.meta["training"]["epoch_losses"]).all()
