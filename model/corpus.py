@@ -5,6 +5,11 @@ unless `lowercase` is asked for. Lines longer than `MAX_SENTENCE_WORDS` tokens a
 into consecutive chunks, because the context window never crosses a sentence boundary
 and a single huge "sentence" (a whole document on one line) would otherwise be one
 unsplittable unit of work.
+
+Tokenising is Python string work that one core does at a few million words a second, so
+a large uncompressed file is split at line starts and tokenised by several worker
+processes (this module run as `python -m model.corpus`), merged back in file order: the
+result is the same as one process would produce, ids included.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +35,10 @@ from model.errors import CorpusError
 MAX_SENTENCE_WORDS = 10_000
 # Past this many tokens (1 GiB of int32) the token stream is kept in a temp file, not the heap.
 SPILL_AFTER_TOKENS = 256 * 1024 * 1024
+# Plain files from this size up are tokenised by worker processes (each costs ~0.5 s to start).
+PARALLEL_MIN_BYTES = 48 << 20
+# Text per unit of work: bounds a worker's memory (~6x the text) and how far ahead it runs.
+RANGE_BYTES = 8 << 20
 
 Source = str | Path | Iterable[Sequence[str]]
 
@@ -144,7 +157,13 @@ def encode(
     lowercase: bool = False,
     max_sentence_words: int = MAX_SENTENCE_WORDS,
     spill_after: int = SPILL_AFTER_TOKENS,
+    workers: int = 1,
 ) -> EncodedCorpus:
+    """Tokenise and count `source` in one pass; `workers` > 1 splits a large plain file among processes."""
+    if workers > 1 and isinstance(source, str | Path):
+        size = _plain_size(Path(source))
+        if size is not None and size >= PARALLEL_MIN_BYTES:
+            return _encode_in_processes(Path(source), size, lowercase, max_sentence_words, spill_after, workers)
     index: defaultdict[str, int] = defaultdict()
     # A missing word gets the next free id: the lookup runs entirely in C via map().
     index.default_factory = index.__len__
@@ -174,6 +193,152 @@ def encode(
     if sink.size == 0:
         raise CorpusError("the corpus contains no words (empty file or only blank lines)")
     return EncodedCorpus(
-        words=list(index), counts=counts.astype(np.int64), tokens=sink.finish(),
-        lengths=np.asarray(lengths, dtype=np.int64), n_lines=n_lines,
+        words=list(index),
+        counts=counts.astype(np.int64),
+        tokens=sink.finish(),
+        lengths=np.asarray(lengths, dtype=np.int64),
+        n_lines=n_lines,
     )
+
+
+def _plain_size(path: Path) -> int | None:
+    """The size of an uncompressed, readable file; None for anything else (left to `open_text`)."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(3)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return None
+    return None if magic[:2] == b"\x1f\x8b" or magic == b"BZh" else size
+
+
+def _line_starts(path: Path, size: int, step: int) -> list[int]:
+    """Offsets near every `step` bytes where a line begins, from 0 to `size`."""
+    cuts = [0]
+    with path.open("rb") as fh:
+        for target in range(step, size, step):
+            if target <= cuts[-1]:
+                continue
+            fh.seek(target - 1)  # the line that holds byte target-1 ends where the next begins
+            fh.readline()
+            pos = fh.tell()
+            if pos >= size:
+                break
+            cuts.append(pos)
+    cuts.append(size)
+    return cuts
+
+
+def _encode_bytes(data: bytes, lowercase: bool, max_sentence_words: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(words in order of first appearance, local ids, sentence lengths) of whole lines of text."""
+    index: defaultdict[str, int] = defaultdict()
+    index.default_factory = index.__len__
+    lookup = index.__getitem__
+    ids: list[int] = []
+    lengths: list[int] = []
+    # The same decoding and line splitting as `open_text`, so pieces join to the serial result.
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace", newline=None)
+    for line in text:
+        for chunk in _chunks(line.lower().split() if lowercase else line.split(), max_sentence_words):
+            ids.extend(map(lookup, chunk))
+            lengths.append(len(chunk))
+    return list(index), np.fromiter(ids, dtype=np.int32, count=len(ids)), np.asarray(lengths, dtype=np.int64)
+
+
+def _encode_in_processes(
+    path: Path, size: int, lowercase: bool, max_sentence_words: int, spill_after: int, workers: int
+) -> EncodedCorpus:
+    cuts = _line_starts(path, size, RANGE_BYTES)
+    n_ranges = len(cuts) - 1
+    n_procs = max(1, min(workers, os.cpu_count() or 1, n_ranges))
+    index: defaultdict[str, int] = defaultdict()
+    index.default_factory = index.__len__
+    lookup = index.__getitem__
+    sink = TokenSink(spill_after)
+    counts = np.zeros(0, dtype=np.int64)
+    lengths: list[np.ndarray] = []
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="w2v-encode-") as tmp:
+        out = Path(tmp)
+        procs = []
+        for w in range(n_procs):
+            # Worker w takes ranges w, w + n_procs, ...: the ranges finish roughly in file order,
+            # which is the order they are merged in.
+            mine = [f"{i}:{cuts[i]}:{cuts[i + 1]}" for i in range(w, n_ranges, n_procs)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "model.corpus",
+                str(path),
+                str(int(lowercase)),
+                str(max_sentence_words),
+                str(out),
+                *mine,
+            ]
+            # stderr to a file, not a pipe: a chatty worker must not block on a full pipe.
+            with (out / f"worker-{w}.err").open("wb") as log_file:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file))
+        try:
+            for i in range(n_ranges):
+                done = out / f"{i}.done"
+                proc = procs[i % n_procs]
+                while not done.exists():
+                    if proc.poll() is not None and not done.exists():
+                        err = (out / f"worker-{i % n_procs}.err").read_text(errors="replace")
+                        raise CorpusError(f"cannot read corpus {path}: tokenising worker failed: {err[-2000:]}")
+                    time.sleep(0.002)
+                words = (out / f"{i}.words").read_text(encoding="utf-8").split("\n")
+                words = words if words != [""] else []
+                remap = np.fromiter(map(lookup, words), dtype=np.int32, count=len(words))
+                local = np.fromfile(out / f"{i}.tokens", dtype=np.int32)
+                sink.append(remap[local])
+                if len(index) > counts.size:  # doubling, so a large vocabulary is not copied per range
+                    grown = np.zeros(max(len(index), 2 * counts.size), dtype=np.int64)
+                    grown[: counts.size] = counts
+                    counts = grown
+                counts[remap] += np.bincount(local, minlength=len(words))
+                lengths.append(np.fromfile(out / f"{i}.lengths", dtype=np.int64))
+                for suffix in ("done", "words", "tokens", "lengths"):
+                    (out / f"{i}.{suffix}").unlink()
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+    if sink.size == 0:
+        raise CorpusError("the corpus contains no words (empty file or only blank lines)")
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return EncodedCorpus(
+        words=list(index),
+        counts=counts[: len(index)].copy(),
+        tokens=sink.finish(),
+        lengths=all_lengths,
+        n_lines=int(all_lengths.size),
+    )
+
+
+def _worker_main(argv: list[str]) -> None:
+    """`python -m model.corpus PATH LOWERCASE MAX_WORDS OUT_DIR I:START:STOP...`: tokenise byte ranges."""
+    path, lowercase, max_words, out = Path(argv[0]), argv[1] == "1", int(argv[2]), Path(argv[3])
+    parent = os.getppid()
+    with path.open("rb") as fh:
+        for spec in argv[4:]:
+            if os.getppid() != parent:  # the encoding process is gone: nobody will read the rest
+                return
+            i, start, stop = (int(x) for x in spec.split(":"))
+            fh.seek(start)
+            words, ids, lengths = _encode_bytes(fh.read(stop - start), lowercase, max_words)
+            (out / f"{i}.words").write_text("\n".join(words), encoding="utf-8")
+            ids.tofile(out / f"{i}.tokens")
+            lengths.tofile(out / f"{i}.lengths")
+            (out / f"{i}.done.tmp").touch()
+            os.replace(out / f"{i}.done.tmp", out / f"{i}.done")  # the files above are complete
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])

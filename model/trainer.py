@@ -237,7 +237,7 @@ def train(
     threads = cfg.threads or os.cpu_count() or 1
     t0 = time.perf_counter()
 
-    encoded = encode(corpus, lowercase=cfg.lowercase)
+    encoded = encode(corpus, lowercase=cfg.lowercase, workers=threads)
     vocab, source_ids = build_vocab(encoded, min_count=cfg.min_count, max_vocab=cfg.max_vocab)
     tc = apply_vocab(encoded, source_ids)
     corpus_stats = {
@@ -248,6 +248,7 @@ def train(
         "vocab_words": tc.n_words,
     }
     del encoded, source_ids
+    corpus_seconds = time.perf_counter() - t0
     log.info(
         "vocabulary: %d words (%d of %d corpus words in vocabulary); engine=%s device=%s threads=%d",
         len(vocab), tc.n_words, tc.n_raw_words, engine, device, threads,
@@ -308,6 +309,8 @@ def train(
         "training": {
             "seconds": round(seconds, 3),
             "words_per_sec": round(trained_raw / session_seconds, 1) if session_seconds > 0 else None,
+            # Reading, tokenising and counting the corpus, included in the figures above.
+            "corpus_seconds": round(corpus_seconds, 3),
             "final_loss": epoch_losses[-1] if epoch_losses else None,
             "epoch_losses": epoch_losses,
             "device": device,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import model.trainer
-from model import TrainConfig, train
+from model import CorpusError, TrainConfig, train
 from model.corpus import encode, iter_sentences
 from model.vocab import apply_vocab, build_vocab
 
@@ -86,3 +87,58 @@ def test_truncated_gzip_is_a_corpus_error(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorpusError, match="cannot read"):
         list(iter_sentences(path))
+
+
+def _tricky_text(rng: np.random.Generator, lines: int) -> bytes:
+    """Lines with CRLF and lone CR endings, blank lines, non-ASCII and invalid UTF-8, odd spaces."""
+    words = ["alpha", "Beta", "γάμμα", "δ", "naïve", "東京", "x\u00a0y", "tab\tbed", "e\u2003m"]
+    out = bytearray("\ufeff".encode())
+    for i in range(lines):
+        n = int(rng.integers(0, 40)) if i % 97 else 25_000  # some lines over MAX_SENTENCE_WORDS
+        line = " ".join(rng.choice(words, size=n)).encode()
+        if i % 13 == 0:
+            line += b" bad\xff\xfebytes \xe6\x9d"  # invalid and truncated sequences
+        out += line + (b"\r\n", b"\n", b"\r", b"\n\n")[i % 4]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_worker_processes_encode_a_large_file_exactly_as_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lowercase: bool
+) -> None:
+    import model.corpus as corpus
+
+    path = tmp_path / "big.txt"
+    path.write_bytes(_tricky_text(np.random.default_rng(3), 6_000))
+    # Small ranges so that range borders fall on every kind of line ending.
+    monkeypatch.setattr(corpus, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(corpus, "RANGE_BYTES", 4099)
+    serial = encode(path, lowercase=lowercase)
+    spawned: list[object] = []
+    popen = corpus.subprocess.Popen
+
+    def counting_popen(*args: object, **kwargs: object) -> object:
+        spawned.append(args)
+        return popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(corpus.subprocess, "Popen", counting_popen)
+    parallel = encode(path, lowercase=lowercase, workers=2)
+    assert len(spawned) == min(2, os.cpu_count() or 1)
+    assert parallel.words == serial.words
+    np.testing.assert_array_equal(parallel.counts, serial.counts)
+    np.testing.assert_array_equal(np.asarray(parallel.tokens), np.asarray(serial.tokens))
+    np.testing.assert_array_equal(parallel.lengths, serial.lengths)
+    assert parallel.n_lines == serial.n_lines
+    assert max(serial.lengths) == corpus.MAX_SENTENCE_WORDS
+
+
+def test_a_failing_tokenising_worker_is_a_corpus_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.corpus as corpus
+
+    path = tmp_path / "big.txt"
+    path.write_text("a b c\n" * 5000)
+    monkeypatch.setattr(corpus, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(corpus, "RANGE_BYTES", 1000)
+    monkeypatch.setattr(corpus.sys, "executable", "/bin/false")
+    with pytest.raises(CorpusError, match="tokenising worker failed"):
+        encode(path, workers=2)
