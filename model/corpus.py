@@ -18,6 +18,7 @@ import bz2
 import gzip
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -326,9 +327,19 @@ def _worker_main(argv: list[str]) -> None:
     """`python -m model.corpus PATH LOWERCASE MAX_WORDS OUT_DIR I:START:STOP...`: tokenise byte ranges."""
     path, lowercase, max_words, out = Path(argv[0]), argv[1] == "1", int(argv[2]), Path(argv[3])
     parent = os.getppid()
+
+    def orphaned() -> bool:
+        # The encoding process died (killed with its job): nobody will read or delete the
+        # slices, so the worker that notices removes them all.
+        if os.getppid() == parent:
+            return False
+        shutil.rmtree(out, ignore_errors=True)
+        return True
+
+    last: Path | None = None
     with path.open("rb") as fh:
         for spec in argv[4:]:
-            if os.getppid() != parent:  # the encoding process is gone: nobody will read the rest
+            if orphaned():
                 return
             i, start, stop = (int(x) for x in spec.split(":"))
             fh.seek(start)
@@ -337,7 +348,12 @@ def _worker_main(argv: list[str]) -> None:
             ids.tofile(out / f"{i}.tokens")
             lengths.tofile(out / f"{i}.lengths")
             (out / f"{i}.done.tmp").touch()
-            os.replace(out / f"{i}.done.tmp", out / f"{i}.done")  # the files above are complete
+            last = out / f"{i}.done"
+            os.replace(out / f"{i}.done.tmp", last)  # the files above are complete
+    # Stay until the last slice is taken, so that a death of the encoding process after this
+    # worker's last slice is still noticed and cleaned up.
+    while last is not None and last.exists() and not orphaned():
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

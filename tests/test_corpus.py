@@ -142,3 +142,38 @@ def test_a_failing_tokenising_worker_is_a_corpus_error(tmp_path: Path, monkeypat
     monkeypatch.setattr(corpus.sys, "executable", "/bin/false")
     with pytest.raises(CorpusError, match="tokenising worker failed"):
         encode(path, workers=2)
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_encoding_remove_their_slices(tmp_path: Path) -> None:
+    """A job killed while its corpus is being tokenised leaves no slices behind in the temp folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus_file = tmp_path / "big.txt"
+    corpus_file.write_bytes(_tricky_text(np.random.default_rng(5), 12_000))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = (
+        "import sys, model.corpus as c\n"
+        "c.PARALLEL_MIN_BYTES = 0\n"
+        "c.RANGE_BYTES = 4096\n"
+        "c.encode(sys.argv[1], workers=2)\n"
+    )
+    env = dict(os.environ, TMPDIR=str(temp))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(corpus_file)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(temp.glob("w2v-encode-*/*.done")):
+            assert proc.poll() is None, "the encoding finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while list(temp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(temp.iterdir()) == []
