@@ -2,8 +2,9 @@
 CuPy's compiler, and the whole engine trains on the CPU simulator of tests/cuda_sim.py,
 which also checks every launch's arguments, bounds and warp synchrony.
 
-The simulator runs warps one after another, so these runs are deterministic; on a GPU
-thousands of warps share the weights at once (Hogwild) and runs differ in the last bits.
+The simulator interleaves 128 warps in a fixed order, so these runs are deterministic; on
+a GPU thousands of warps share the weights in no fixed order (Hogwild) and runs differ in
+the last bits.
 """
 
 from __future__ import annotations
