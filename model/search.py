@@ -128,14 +128,25 @@ def push_block_mirrored(scores: np.ndarray, first_row: int, vals: np.ndarray, ro
                 _replace_root(vals[q], rows[q], value, row)
 
 
+@njit(nogil=True, cache=True)
 def sorted_heaps(vals: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each heap's entries best first (ties to the lower row); empty slots stay last."""
-    # Free slots (row -1, value -inf) must sort after every real entry.
-    key_rows = np.where(rows < 0, np.iinfo(np.int64).max, rows)
-    by_row = np.argsort(key_rows, axis=1, kind="stable")
-    by_value = np.argsort(-np.take_along_axis(vals, by_row, axis=1), axis=1, kind="stable")
-    order = np.take_along_axis(by_row, by_value, axis=1)
-    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    """Each heap's entries best first (ties to the lower row); empty slots stay last.
+
+    Heapsort: popping a min-heap yields its worst entry first, so pops fill from the end.
+    A free slot (-inf, row -1) is worse than every entry with a finite score.
+    """
+    n_queries, k = vals.shape
+    out_vals = np.empty_like(vals)
+    out_rows = np.empty_like(rows)
+    for q in range(n_queries):
+        heap_vals = vals[q].copy()
+        heap_rows = rows[q].copy()
+        for size in range(k, 0, -1):
+            out_vals[q, size - 1] = heap_vals[0]
+            out_rows[q, size - 1] = heap_rows[0]
+            if size > 1:
+                _replace_root(heap_vals[: size - 1], heap_rows[: size - 1], heap_vals[size - 1], heap_rows[size - 1])
+    return out_vals, out_rows
 
 
 # ---------------------------------------------------------------------- int8 scan

@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -623,23 +623,40 @@ class Vectors:
                     return self._int8_shortlists(means, excluded, n, topn)
                 if topn <= _VNNI_MAX_TOPN:
                     return self._vnni_shortlists(means, queries, excluded, candidates, n, topn)
-            # Plain NumPy, so a one-shot caller (the CLI) loads no compiled kernel at all.
             # A matrix-vector product is what one query needs; a one-row gemm is slower.
             scores = (candidates @ means[0])[None, :] if n_queries == 1 else means @ candidates.T
-            return self._shortlist(scores, queries, topn, "add")
+            if self._small_searches <= _INT8_AFTER_SEARCHES:
+                # Plain NumPy, so a one-shot caller (the CLI) loads no compiled kernel at all.
+                return self._shortlist(scores, queries, topn, "add")
+            # Later ones keep their best rows in compiled heaps: a few NumPy calls
+            # instead of the dozens of a partition, which dominate on small stores.
+            return self._heap_shortlists([(scores, 0)], excluded, candidates, means, n, k, topn)
         if self._packed is not None and topn <= _VNNI_MAX_TOPN:
             return self._vnni_shortlists(means, queries, excluded, candidates, n, topn)
-        from model import search
-
-        excluded_ptr = np.cumsum([0] + [len(rows) for rows in excluded], dtype=np.int64)
-        excluded_rows = np.fromiter((i for rows in excluded for i in rows), dtype=np.int64)
-        vals, rows = search.new_heaps(n_queries, k)
         block = max(_MIN_SCORE_BLOCK, _SCORE_BLOCK_BYTES // (4 * n_queries))
         buffer = np.empty((n_queries, block), dtype=np.float32)
-        for start in range(0, n, block):
-            part = candidates[start : start + block]
-            scores = buffer if len(part) == block else np.empty((n_queries, len(part)), dtype=np.float32)
-            np.matmul(means, part.T, out=scores)
+
+        def blocks() -> Iterator[tuple[FloatArray, int]]:
+            for start in range(0, n, block):
+                part = candidates[start : start + block]
+                scores = buffer if len(part) == block else np.empty((n_queries, len(part)), dtype=np.float32)
+                np.matmul(means, part.T, out=scores)
+                yield scores, start
+
+        return self._heap_shortlists(blocks(), excluded, candidates, means, n, k, topn)
+
+    def _heap_shortlists(
+        self, blocks: Iterable[tuple[FloatArray, int]], excluded: list[list[int]], candidates: FloatArray,
+        means: FloatArray, n: int, k: int, topn: int,
+    ) -> list[IntArray]:  # fmt: skip
+        """Shortlists from float32 score blocks (queries x rows, first row) pushed through
+        per-query heaps of the best `k`: the score matrix is never stored or partitioned."""
+        from model import search
+
+        excluded_ptr = np.array([0, *itertools.accumulate(len(rows) for rows in excluded)], dtype=np.int64)
+        excluded_rows = np.array([i for rows in excluded for i in rows], dtype=np.int64)
+        vals, rows = search.new_heaps(len(means), k)
+        for scores, start in blocks:
             search.push_block(scores, start, excluded_ptr, excluded_rows, vals, rows)
         vals, rows = search.sorted_heaps(vals, rows)
 
@@ -753,6 +770,11 @@ class Vectors:
         out: list[np.ndarray] = []
         for lo, hi in itertools.pairwise(bounds):
             if lo == hi:
+                continue
+            if hi - lo == 1:  # the same products and sums, without the batch's bookkeeping calls
+                gathered = unit[shortlists[lo]].astype(np.float64)
+                gathered *= means[lo].astype(np.float64)
+                out.append(gathered.sum(axis=1))
                 continue
             gathered = unit[np.concatenate(shortlists[lo:hi])].astype(np.float64)
             gathered *= np.repeat(means[lo:hi].astype(np.float64), sizes[lo:hi], axis=0)

@@ -59,13 +59,15 @@ def use_int8_kernel(monkeypatch, kernel: str, *vecs: Vectors) -> None:
         monkeypatch.setattr(v, "_packed", None)
 
 
-@pytest.fixture(params=["float32", "int8-scan", "int8-vnni"])
+@pytest.fixture(params=["float32", "float32-heaps", "int8-scan", "int8-vnni"])
 def search_path(request, store, monkeypatch) -> str:
     """Single queries take the float32 product until a Vectors has answered
-    _INT8_AFTER_SEARCHES of them, an int8 kernel after: all must give gensim's answers."""
+    _INT8_AFTER_SEARCHES of them, an int8 kernel after (or, on a small store, the float32
+    product into compiled heaps): all must give gensim's answers."""
     ours, _, _ = store
-    if request.param == "float32":
-        monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 10**9)
+    if request.param.startswith("float32"):
+        monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 10**9 if request.param == "float32" else 0)
+        monkeypatch.setattr(vectors_module, "_INT8_MIN_VALUES", 10**18)  # no store is big enough for int8
         monkeypatch.setattr(ours, "_int8", None)
     else:
         use_int8_kernel(monkeypatch, request.param.removeprefix("int8-"), ours)
@@ -77,7 +79,7 @@ def search_path(request, store, monkeypatch) -> str:
 def test_most_similar_matches_gensim(store, search_path, kwargs) -> None:
     ours, kv, _ = store
     assert_same_hits(ours.most_similar(**kwargs), kv.most_similar(**kwargs))
-    assert (ours._int8 is not None) == (search_path != "float32")
+    assert (ours._int8 is not None) == (not search_path.startswith("float32"))
     assert (ours._packed is not None) == (search_path == "int8-vnni")
 
 
@@ -359,8 +361,12 @@ def exact_top(arr: np.ndarray, query: np.ndarray, topn: int, exclude: set[int], 
 
 
 @pytest.mark.parametrize(
-    "regime", ["int8-scan", "int8-scan-in-parts", "int8-vnni", "int8-vnni-in-parts", "float32-single", "blas-batch"]
-)
+    "regime",
+    [
+        "int8-scan", "int8-scan-in-parts", "int8-vnni", "int8-vnni-in-parts", "float32-single", "float32-heaps",
+        "blas-batch",
+    ],
+)  # fmt: skip
 def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, regime) -> None:
     # 3000 rows within ~1e-4 of one direction: their scores differ far less than the int8
     # copy can resolve, so only the error bound and the exact rescoring can order them.
@@ -373,8 +379,10 @@ def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, reg
     vecs = Vectors([f"w{i}" for i in range(len(arr))], arr, search_threads=7 if regime.endswith("parts") else 1)
     use_int8_kernel(monkeypatch, "vnni" if "vnni" in regime else "scan", vecs)
     monkeypatch.setattr(vectors_module, "_MIN_SCAN_PART", 1)
-    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0 if regime.startswith("int8") else 10**9)
+    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 10**9 if regime == "float32-single" else 0)
     monkeypatch.setattr(vectors_module, "_BLAS_MIN_QUERIES", 1 if regime == "blas-batch" else 10**9)
+    if regime == "float32-heaps":  # a store too small for the int8 copy, searched often
+        monkeypatch.setattr(vectors_module, "_INT8_MIN_VALUES", 10**18)
     probe = base + 1e-4 * rng.standard_normal(48).astype(np.float32)
     for topn, restrict in [(10, None), (50, None), (10, 7000), (10, 40)]:
         ours = vecs.most_similar([probe], topn=topn, restrict_vocab=restrict)
@@ -385,6 +393,25 @@ def test_near_ties_below_the_int8_resolution_are_ranked_exactly(monkeypatch, reg
     assert [w for w, _ in ours] == [w for w, _ in exact_top(arr, arr[5000], 20, {5000})]
     words = ["w5000", "w5001", "w9000"]
     assert vecs.most_similar_batch(words, topn=15) == [vecs.most_similar(w, topn=15) for w in words]
+
+
+def test_heaps_come_out_best_first_with_ties_to_the_lower_row() -> None:
+    from model import search
+
+    rng = np.random.default_rng(4)
+    for _ in range(500):
+        n_queries, k, n = int(rng.integers(1, 5)), int(rng.integers(1, 30)), int(rng.integers(0, 80))
+        vals, rows = search.new_heaps(n_queries, k)
+        scores = rng.integers(0, 6, size=(n_queries, n)).astype(np.float32) / 4  # many ties
+        first_row = int(rng.integers(0, 100))
+        no_rows = np.zeros(0, dtype=np.int64)
+        search.push_block(scores, first_row, np.zeros(n_queries + 1, dtype=np.int64), no_rows, vals, rows)
+        got_vals, got_rows = search.sorted_heaps(vals, rows)
+        for q in range(n_queries):
+            best = sorted(zip(-scores[q], range(first_row, first_row + n), strict=True))[:k]
+            expected_rows = [r for _, r in best] + [-1] * (k - len(best))  # free slots last
+            assert got_rows[q].tolist() == expected_rows
+            assert got_vals[q].tolist() == [-v for v, _ in best] + [-np.inf] * (k - len(best))
 
 
 def test_int8_error_bound_holds_for_every_row() -> None:
