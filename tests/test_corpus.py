@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,17 +103,30 @@ def _tricky_text(rng: np.random.Generator, lines: int) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("lowercase", [False, True])
+@pytest.mark.parametrize(
+    ("compression", "lowercase"), [("plain", False), ("plain", True), ("gzip", False), ("bzip2", True)]
+)
 def test_worker_processes_encode_a_large_file_exactly_as_one_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lowercase: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str, lowercase: bool
 ) -> None:
+    import bz2
+    import gzip
+
     import model.corpus as corpus
 
+    text = _tricky_text(np.random.default_rng(3), 6_000)
     path = tmp_path / "big.txt"
-    path.write_bytes(_tricky_text(np.random.default_rng(3), 6_000))
+    # A compressed corpus is decompressed to an unlinked temp file that the workers split.
+    compress: dict[str, Callable[[bytes], bytes]] = {
+        "plain": bytes,
+        "gzip": functools.partial(gzip.compress, compresslevel=1),
+        "bzip2": bz2.compress,
+    }
+    path.write_bytes(compress[compression](text))
     # Small ranges so that range borders fall on every kind of line ending.
     monkeypatch.setattr(corpus, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(corpus, "RANGE_BYTES", 4099)
+    monkeypatch.setattr(corpus, "COMPRESSED_MIN_BYTES", 0)
+    monkeypatch.setattr(corpus, "RANGE_BYTES", 32771)
     serial = encode(path, lowercase=lowercase)
     spawned: list[object] = []
     popen = corpus.subprocess.Popen
@@ -130,6 +144,20 @@ def test_worker_processes_encode_a_large_file_exactly_as_one_process(
     np.testing.assert_array_equal(parallel.lengths, serial.lengths)
     assert parallel.n_lines == serial.n_lines
     assert max(serial.lengths) == corpus.MAX_SENTENCE_WORDS
+
+
+def test_a_truncated_compressed_corpus_is_a_corpus_error_with_workers_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    import model.corpus as corpus
+
+    path = tmp_path / "cut.gz"
+    path.write_bytes(gzip.compress(b"a b c\n" * 50_000)[:-200])
+    monkeypatch.setattr(corpus, "COMPRESSED_MIN_BYTES", 0)
+    with pytest.raises(CorpusError, match=r"cannot read corpus .*cut\.gz"):
+        encode(path, workers=2)
 
 
 def test_a_failing_tokenising_worker_is_a_corpus_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
