@@ -20,6 +20,8 @@ python3 -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', 
 tests=0
 timeout 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" || tests=$?
 bench=0
-timeout "${BENCH_SECONDS:-330}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
+timeout "${BENCH_SECONDS:-300}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
+# Launch shapes for tuning, in whatever time is left of the call (its figures are a bonus).
+timeout "${SWEEP_SECONDS:-80}" python3 bench/gpu_sweep.py 2>&1 | tee "$OUT/gpu_sweep.log" || true
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))

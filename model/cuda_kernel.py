@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 MAX_GPU_SENTENCE = 1000
 WORDS_PER_LAUNCH = 4_000_000  # ~0.2 s at 20 M words/s: progress and cancel stay responsive
 SHARED_MEMORY_BYTES = 48 * 1024
+# Launch shape (bench/gpu_sweep.py measures others): warps per block, as many as the shared
+# memory allows up to this; and warps in the grid per multiprocessor, several times what one
+# holds at once, so each loops over many sentences and none idles while others finish.
+MAX_WARPS_PER_BLOCK = 8
+GRID_WARPS_PER_SM = 128
 # NVRTC (CuPy's compiler) optimises by default and rejects nvcc's -O flags.
 NVRTC_OPTIONS: tuple[str, ...] = ()
 # Left free beside the job's arrays when deciding whether the whole corpus fits on the GPU
@@ -235,11 +240,10 @@ class CudaHogwildEngine:
             )
         self.kernel = cp.RawKernel(CUDA_SOURCE, "cbow_hogwild", options=NVRTC_OPTIONS)
         per_warp = MAX_GPU_SENTENCE * 4 + 2 * self.dim * 4
-        self.warps = max(1, min(8, SHARED_MEMORY_BYTES // per_warp))
+        self.warps = max(1, min(MAX_WARPS_PER_BLOCK, SHARED_MEMORY_BYTES // per_warp))
         self.shared = per_warp * self.warps
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        # Enough warps to fill every SM several times over; each loops over many sentences.
-        self.blocks = int(props["multiProcessorCount"]) * max(1, 32 // self.warps) * 4
+        self.blocks = max(1, int(props["multiProcessorCount"]) * GRID_WARPS_PER_SM // self.warps)
         self.loss = cp.zeros(1, dtype=cp.float64)
         self.trained = cp.zeros(1, dtype=cp.uint64)
 
