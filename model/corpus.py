@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -61,17 +61,29 @@ def open_bytes(path: str | Path) -> IO[bytes]:
             magic = fh.read(3)
     except OSError as exc:
         raise CorpusError(f"cannot read corpus {p}: {exc.strerror or exc}") from exc
-    if magic[:2] == b"\x1f\x8b":
+    compression = _compression(magic)
+    if compression == "gzip":
         return gzip.open(p, "rb")  # type: ignore[return-value]
-    if magic == b"BZh":
+    if compression == "bzip2":
         return bz2.open(p, "rb")
     return p.open("rb")
 
 
+def _compression(magic: bytes) -> str | None:
+    """The compression of a file ("gzip", "bzip2" or None for plain) from its first three bytes."""
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    return "bzip2" if magic == b"BZh" else None
+
+
 def open_text(path: str | Path) -> IO[str]:
     """Open a plain, gzip or bzip2 text file as text."""
+    return _as_text(open_bytes(path))
+
+
+def _as_text(raw: IO[bytes]) -> IO[str]:
     # Undecodable bytes become U+FFFD instead of aborting a long job on one bad byte.
-    return io.TextIOWrapper(open_bytes(path), encoding="utf-8", errors="replace", newline=None)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
 
 
 def iter_sentences(
@@ -81,8 +93,7 @@ def iter_sentences(
     if isinstance(source, str | Path):
         try:
             with open_text(source) as fh:
-                for line in fh:
-                    yield from _chunks(line.lower().split() if lowercase else line.split(), max_sentence_words)
+                yield from _line_sentences(fh, lowercase, max_sentence_words)
         except (OSError, EOFError) as exc:
             # Truncated gzip/bz2 streams surface here; the message names the file.
             raise CorpusError(f"cannot read corpus {source}: {exc}") from exc
@@ -92,6 +103,19 @@ def iter_sentences(
             raise CorpusError("a corpus iterable must yield lists of tokens, not strings")
         tokens = [t.lower() for t in sentence] if lowercase else list(sentence)
         yield from _chunks(tokens, max_sentence_words)
+
+
+def _line_sentences(lines: Iterable[str], lowercase: bool, max_sentence_words: int) -> Iterator[list[str]]:
+    for line in lines:
+        yield from _chunks(line.lower().split() if lowercase else line.split(), max_sentence_words)
+
+
+def _word_index() -> tuple[dict[str, int], Callable[[str], int]]:
+    """An empty word -> id map and its lookup, which gives a new word the next free id."""
+    index: defaultdict[str, int] = defaultdict()
+    # The lookup runs entirely in C (via map()): the default factory is the dict's own length.
+    index.default_factory = index.__len__
+    return index, index.__getitem__
 
 
 def _chunks(tokens: list[str], size: int) -> Iterator[list[str]]:
@@ -178,10 +202,7 @@ def encode(
             with _decompressed(path) as plain:
                 if plain is not None:
                     return _encode_in_processes(plain[0], plain[1], *args, label=path)
-    index: defaultdict[str, int] = defaultdict()
-    # A missing word gets the next free id: the lookup runs entirely in C via map().
-    index.default_factory = index.__len__
-    lookup = index.__getitem__
+    index, lookup = _word_index()
     sink = TokenSink(spill_after)
     counts = np.zeros(0, dtype=np.int64)
     pending: list[int] = []
@@ -224,7 +245,7 @@ def _file_kind(path: Path) -> tuple[str, int]:
             size = os.fstat(fh.fileno()).st_size
     except OSError:
         return "unreadable", 0
-    return ("compressed" if magic[:2] == b"\x1f\x8b" or magic == b"BZh" else "plain"), size
+    return ("plain" if _compression(magic) is None else "compressed"), size
 
 
 @contextlib.contextmanager
@@ -276,17 +297,13 @@ def _line_starts(path: Path, size: int, step: int) -> list[int]:
 
 def _encode_bytes(data: bytes, lowercase: bool, max_sentence_words: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(words in order of first appearance, local ids, sentence lengths) of whole lines of text."""
-    index: defaultdict[str, int] = defaultdict()
-    index.default_factory = index.__len__
-    lookup = index.__getitem__
+    index, lookup = _word_index()
     ids: list[int] = []
     lengths: list[int] = []
-    # The same decoding and line splitting as `open_text`, so pieces join to the serial result.
-    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace", newline=None)
-    for line in text:
-        for chunk in _chunks(line.lower().split() if lowercase else line.split(), max_sentence_words):
-            ids.extend(map(lookup, chunk))
-            lengths.append(len(chunk))
+    # The same decoding and sentences as a file read whole, so the pieces join to its result.
+    for sentence in _line_sentences(_as_text(io.BytesIO(data)), lowercase, max_sentence_words):
+        ids.extend(map(lookup, sentence))
+        lengths.append(len(sentence))
     return list(index), np.fromiter(ids, dtype=np.int32, count=len(ids)), np.asarray(lengths, dtype=np.int64)
 
 
@@ -297,9 +314,7 @@ def _encode_in_processes(
     cuts = _line_starts(path, size, RANGE_BYTES)
     n_ranges = len(cuts) - 1
     n_procs = max(1, min(workers, os.cpu_count() or 1, n_ranges))
-    index: defaultdict[str, int] = defaultdict()
-    index.default_factory = index.__len__
-    lookup = index.__getitem__
+    index, lookup = _word_index()
     sink = TokenSink(spill_after)
     counts = np.zeros(0, dtype=np.int64)
     lengths: list[np.ndarray] = []
