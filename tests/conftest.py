@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gzip
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
     from app.settings import Settings
+    from model import Vectors
     from tests.test_service_e2e import Processes
     from worker.storage import StoreLayout
 
@@ -44,6 +45,40 @@ def lee_text(tmp_path_factory: pytest.TempPathFactory, lee_sentences: list[list[
     path = tmp_path_factory.mktemp("corpus") / "lee.txt"
     path.write_text("".join(" ".join(s) + "\n" for s in lee_sentences), encoding="utf-8")
     return path
+
+
+class TrackerUpdate(NamedTuple):
+    raw_words: int
+    trained: int
+    loss: float
+    alpha: float
+
+
+@pytest.fixture
+def tracker_updates(monkeypatch: pytest.MonkeyPatch) -> list[TrackerUpdate]:
+    """Every update the trainer's progress tracker receives (one per CPU job, GPU launch or
+    minibatch read-back), in order."""
+    import model.trainer as trainer
+
+    updates: list[TrackerUpdate] = []
+    add = trainer._Tracker.add
+
+    def spy(self: trainer._Tracker, raw_words: int, trained: int, loss: float, alpha: float) -> None:
+        updates.append(TrackerUpdate(raw_words, trained, loss, alpha))
+        add(self, raw_words, trained, loss, alpha)
+
+    monkeypatch.setattr(trainer._Tracker, "add", spy)
+    return updates
+
+
+def neighbour_overlap(a: Vectors, b: Vectors, words: Sequence[str], topn: int = 20) -> float:
+    """Mean share of the `topn` neighbours that two models give the same words."""
+    shared = []
+    for word in words:
+        ours = {w for w, _ in a.most_similar(word, topn=topn)}
+        theirs = {w for w, _ in b.most_similar(word, topn=topn)}
+        shared.append(len(ours & theirs) / topn)
+    return sum(shared) / len(shared)
 
 
 def _gpu_available() -> bool:

@@ -10,15 +10,14 @@ the last bits.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import model.backend as backend
 import model.cuda_kernel as cuda_kernel
-import model.trainer as trainer
 from model import Progress, TrainConfig, TrainingCancelled, train
+from tests.conftest import TrackerUpdate, neighbour_overlap
 from tests.cuda_sim import SimCupy, compiler
 from tests.nvrtc import compile_cuda
 
@@ -44,19 +43,6 @@ def gpu(monkeypatch: pytest.MonkeyPatch) -> SimCupy:
     return cp
 
 
-def _launch_records(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, float]]:
-    """(raw words, trained words, alpha) of every tracker update."""
-    records: list[tuple[int, int, float]] = []
-    add = trainer._Tracker.add
-
-    def spy(self: Any, raw_words: int, trained: int, loss: float, alpha: float) -> None:
-        records.append((raw_words, trained, alpha))
-        add(self, raw_words, trained, loss, alpha)
-
-    monkeypatch.setattr(trainer._Tracker, "add", spy)
-    return records
-
-
 @needs_simulator
 @pytest.mark.slow
 def test_simulated_gpu_training_agrees_with_the_cpu_engine(gpu: SimCupy, lee_text: Path) -> None:
@@ -71,43 +57,40 @@ def test_simulated_gpu_training_agrees_with_the_cpu_engine(gpu: SimCupy, lee_tex
     gpu_losses, cpu_losses = cuda.meta["training"]["epoch_losses"], cpu.meta["training"]["epoch_losses"]
     assert gpu_losses[0] == pytest.approx(cpu_losses[0], rel=0.05)
     assert gpu_losses[-1] == pytest.approx(cpu_losses[-1], rel=0.01)
-    overlap = []
-    for word in cpu.vectors.words[50:80]:
-        a = {w for w, _ in cpu.vectors.most_similar(word, topn=20)}
-        b = {w for w, _ in cuda.vectors.most_similar(word, topn=20)}
-        overlap.append(len(a & b) / 20)
-    assert float(np.mean(overlap)) > 0.2
+    assert neighbour_overlap(cpu.vectors, cuda.vectors, cpu.vectors.words[50:80]) > 0.2
     assert np.isfinite(cuda.vectors.vectors).all()
 
 
 @needs_simulator
-def test_long_sentences_are_trained_in_pieces_every_word_counted(gpu: SimCupy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_sentences_are_trained_in_pieces_every_word_counted(
+    gpu: SimCupy, tracker_updates: list[TrackerUpdate]
+) -> None:
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(40)]
     lengths = [2501, 2001, 7, 1, 1, 30]  # 2501 = 1000 + 1000 + 501; 2001 leaves a 1-word piece
     sentences = [list(rng.choice(words, size=n)) for n in lengths]
-    records = _launch_records(monkeypatch)
     train(sentences, TrainConfig(device="cuda", epochs=2, sample=0.0, min_count=1, window=3, seed=1))
-    per_epoch = len(records) // 2
-    assert per_epoch >= 1 and len(records) == 2 * per_epoch
-    for epoch in (records[:per_epoch], records[per_epoch:]):
-        assert sum(r[0] for r in epoch) == sum(lengths)
+    per_epoch = len(tracker_updates) // 2
+    assert per_epoch >= 1 and len(tracker_updates) == 2 * per_epoch
+    for epoch in (tracker_updates[:per_epoch], tracker_updates[per_epoch:]):
+        assert sum(u.raw_words for u in epoch) == sum(lengths)
         # Without subsampling every word that has a context is trained: all but the two
         # one-word sentences and the one-word last piece of the 2001-word sentence.
-        assert sum(r[1] for r in epoch) == sum(lengths) - 3
+        assert sum(u.trained for u in epoch) == sum(lengths) - 3
 
 
 @needs_simulator
-def test_progress_alpha_and_cancel_between_launches(gpu: SimCupy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_alpha_and_cancel_between_launches(
+    gpu: SimCupy, monkeypatch: pytest.MonkeyPatch, tracker_updates: list[TrackerUpdate]
+) -> None:
     monkeypatch.setattr(cuda_kernel, "WORDS_PER_LAUNCH", 700)
     rng = np.random.default_rng(1)
     sentences = [list(rng.choice([f"w{i}" for i in range(60)], size=50)) for _ in range(100)]  # 5,000 words
-    records = _launch_records(monkeypatch)
     seen: list[Progress] = []
     model = train(sentences, TrainConfig(device="cuda", epochs=2, seed=2), progress=seen.append, progress_interval=0.0)
     launches = gpu.kernels[-1].launches
     assert launches == 2 * 8  # 5,000 words in whole 50-word sentences: 7 launches of 700, one of 100
-    alphas = [r[2] for r in records]
+    alphas = [u.alpha for u in tracker_updates]
     assert alphas == sorted(alphas, reverse=True) and alphas[-1] == pytest.approx(model.meta["config"]["min_alpha"])
     done = [p.words_done for p in seen]
     assert done == sorted(done) and done[-1] == 10_000

@@ -11,6 +11,7 @@ import pytest
 from model import TrainConfig, train
 from model.layers import Embedding, EmbeddingDot, SigmoidCrossEntropy
 from model.sampling import AliasSampler
+from tests.conftest import neighbour_overlap
 
 pytestmark = pytest.mark.gpu
 
@@ -102,12 +103,7 @@ def test_numpy_and_cupy_agree_on_a_fixed_seed(engine: str, lee_text: Path) -> No
     cpu_loss, gpu_loss = cpu.meta["training"]["final_loss"], gpu.meta["training"]["final_loss"]
     assert gpu_loss == pytest.approx(cpu_loss, rel=0.05)
     # Neighbourhoods of frequent words overlap well beyond chance.
-    overlap = []
-    for word in cpu.vectors.words[50:80]:
-        a = {w for w, _ in cpu.vectors.most_similar(word, topn=20)}
-        b = {w for w, _ in gpu.vectors.most_similar(word, topn=20)}
-        overlap.append(len(a & b) / 20)
-    assert float(np.mean(overlap)) > 0.2
+    assert neighbour_overlap(cpu.vectors, gpu.vectors, cpu.vectors.words[50:80]) > 0.2
 
 
 def test_auto_picks_cuda_and_records_it(lee_text: Path, cp: Any) -> None:

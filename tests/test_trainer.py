@@ -19,6 +19,7 @@ from model import (
     train,
 )
 from model.checkpoint import CHECKPOINT_FILE
+from tests.conftest import TrackerUpdate
 
 # gensim's own CBOW sanity settings (test_word2vec.py: test_cbow_neg).
 SANITY = dict(negative=15, epochs=10, sample=0.0, alpha=0.05, window=5, min_count=5)
@@ -48,33 +49,24 @@ def test_minibatch_engine_on_numpy_learns_related_words(lee_sentences: list[list
 
 
 def test_minibatch_engine_reads_loss_and_counts_back_about_twice_a_second_not_per_step(
-    lee_sentences: list[list[str]], monkeypatch: pytest.MonkeyPatch
+    lee_sentences: list[list[str]], monkeypatch: pytest.MonkeyPatch, tracker_updates: list[TrackerUpdate]
 ) -> None:
     """On CuPy every read-back waits for the GPU; the engine keeps its sums on the device between them."""
     import model.minibatch as minibatch
-    import model.trainer as trainer
 
-    adds: list[tuple[int, int, float]] = []
-    add = trainer._Tracker.add
-
-    def spy(self: trainer._Tracker, raw: int, trained: int, loss: float, alpha: float) -> None:
-        adds.append((raw, trained, loss))
-        add(self, raw, trained, loss, alpha)
-
-    monkeypatch.setattr(trainer._Tracker, "add", spy)
     cfg = TrainConfig(seed=1, engine="minibatch", batch_words=64, epochs=2, threads=1)
     sentences = lee_sentences[:60]
     monkeypatch.setattr(minibatch, "READBACK_SECONDS", 0.0)
     every_step = train(sentences, cfg)
-    per_step = list(adds)
-    adds.clear()
+    per_step = list(tracker_updates)
+    tracker_updates.clear()
     monkeypatch.setattr(minibatch, "READBACK_SECONDS", 3600.0)
     once = train(sentences, cfg)
-    assert len(adds) == 2 < len(per_step)  # one read-back per epoch, at its end
+    assert len(tracker_updates) == 2 < len(per_step)  # one read-back per epoch, at its end
     raw_words = every_step.meta["corpus"]["raw_words"]
-    assert [a[0] for a in adds] == [raw_words, raw_words]
-    assert sum(a[1] for a in adds) == sum(a[1] for a in per_step)
-    assert sum(a[2] for a in adds) == pytest.approx(sum(a[2] for a in per_step), rel=1e-9)
+    assert [u.raw_words for u in tracker_updates] == [raw_words, raw_words]
+    assert sum(u.trained for u in tracker_updates) == sum(u.trained for u in per_step)
+    assert sum(u.loss for u in tracker_updates) == pytest.approx(sum(u.loss for u in per_step), rel=1e-9)
     np.testing.assert_array_equal(once.vectors.vectors, every_step.vectors.vectors)
 
 
