@@ -5,6 +5,8 @@ A pure library: no web framework or task-queue imports live here.
 
 from typing import TYPE_CHECKING, Any
 
+# First, so that it can point Numba's cache somewhere writable before any module imports Numba.
+from model import numba_cache  # noqa: F401
 from model.config import Progress, TrainConfig
 from model.errors import (
     CorpusError,
@@ -13,6 +15,7 @@ from model.errors import (
     ModelFormatError,
     ParameterError,
     TrainingCancelled,
+    TrainingDiverged,
     UnknownWordError,
     W2VError,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "Progress",
     "TrainConfig",
     "TrainingCancelled",
+    "TrainingDiverged",
     "UnknownWordError",
     "Vectors",
     "W2VError",

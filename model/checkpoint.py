@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import numpy as np
 from model.atomic import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.npz"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +49,10 @@ def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
             if str(data["fingerprint"]) != fingerprint:
+                log.warning(
+                    "%s belongs to a run with other settings or another corpus: starting over (it will "
+                    "be replaced at the end of the first epoch)", path,
+                )
                 return None
             return Checkpoint(
                 fingerprint=fingerprint,
@@ -57,3 +65,9 @@ def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
     except (OSError, ValueError, KeyError):
         # A checkpoint that cannot be read is worth less than a clean restart.
         return None
+
+
+def remove_checkpoint(directory: Path) -> None:
+    """Remove a finished run's checkpoint (only that file: the folder may hold others)."""
+    with contextlib.suppress(FileNotFoundError):
+        (directory / CHECKPOINT_FILE).unlink()

@@ -20,7 +20,10 @@ from model.errors import W2VError
 from model.vectors import Vectors
 
 if TYPE_CHECKING:
+    from model.evaluation import AnalogyQuestions, WordPairs
     from model.neighbours import NeighbourTable
+
+    EvaluationFiles = tuple[AnalogyQuestions | None, list[WordPairs]]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -78,12 +81,11 @@ class ProgressBar:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.store import save_model
+    from model.store import check_writable_target, save_model
     from model.trainer import train
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise CLIError(f"--out {out} already exists; pass --force to replace it")
+    _check_out(out, args.force)
     cfg = TrainConfig(
         vector_size=args.vector_size, window=args.window, negative=args.negative, ns_exponent=args.ns_exponent,
         min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
@@ -91,6 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device, engine=args.engine, seed=args.seed, lowercase=args.lowercase,
         checkpoint_every=args.checkpoint_every,
     ).validate()
+    # Everything that can be checked before training is: a typo must not cost a training run.
+    check_writable_target(out, overwrite=args.force)
+    evaluation = _read_evaluation_files(args.analogies, args.pairs or [])
     bar = None if args.quiet else ProgressBar()
     start = time.perf_counter()
     try:
@@ -98,18 +103,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if args.analogies or args.pairs:
-        model.meta["evaluation"] = _evaluate(model.vectors, args.analogies, args.pairs or [])
-    if args.neighbours:
-        _index(model.vectors, args.neighbours, args.neighbours_topn)
+    # A failure after training (no pair among the model's words, nothing to index) still
+    # saves the model, without the part that failed, and then reports it.
+    failed: Exception | None = None
+    try:
+        if evaluation:
+            model.meta["evaluation"] = _evaluate(model.vectors, evaluation)
+        if args.neighbours:
+            _index(model.vectors, args.neighbours, args.neighbours_topn)
+    except (W2VError, CLIError) as exc:
+        failed = exc
     save_model(out, model, overwrite=args.force)
+    if args.checkpoint_dir:
+        from model.checkpoint import remove_checkpoint
+
+        remove_checkpoint(Path(args.checkpoint_dir))  # its run is over; a rerun starts afresh
     t = model.meta["training"]
     print(
         f"saved {out}: {len(model.vectors)} words x {cfg.vector_size} dims, "
         f"{t['words_per_sec']:.0f} words/s, final loss {t['final_loss']:.4f}, "
         f"{time.perf_counter() - start:.1f}s"
     )
+    if failed is not None:
+        raise CLIError(f"{failed} (the model is saved without it)")
     return 0
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if (out.exists() or out.is_symlink()) and not force:
+        raise CLIError(f"--out {out} already exists; pass --force to replace it")
 
 
 def _index(vectors: Vectors, words: int, topn: int) -> NeighbourTable:
@@ -138,25 +160,36 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(vectors: Vectors, analogies: str | None, pairs: Sequence[str]) -> dict[str, Any]:
+def _read_evaluation_files(analogies: str | None, pairs: Sequence[str]) -> EvaluationFiles | None:
+    from model.evaluation import read_analogies, read_word_pairs
+
+    if not analogies and not pairs:
+        return None
+    return (read_analogies(analogies) if analogies else None), [read_word_pairs(p) for p in pairs]
+
+
+def _evaluate(vectors: Vectors, files: EvaluationFiles) -> dict[str, Any]:
     from model.evaluation import evaluate_analogies, evaluate_word_pairs
 
+    analogies, pairs = files
     result: dict[str, Any] = {}
-    if analogies:
+    if analogies is not None:
         a = evaluate_analogies(vectors, analogies)
-        result["analogies"] = {"file": Path(analogies).name, **a.to_dict()}
-    for path in pairs:
-        result.setdefault("pairs", []).append({"file": Path(path).name, **evaluate_word_pairs(vectors, path).to_dict()})
+        result["analogies"] = {"file": Path(analogies.path).name, **a.to_dict()}
+    for read in pairs:
+        scored = evaluate_word_pairs(vectors, read)
+        result.setdefault("pairs", []).append({"file": Path(read.path).name, **scored.to_dict()})
     return result
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from model.store import load_model
 
-    if not args.analogies and not args.pairs:
+    files = _read_evaluation_files(args.analogies, args.pairs or [])
+    if files is None:
         raise CLIError("give --analogies FILE and/or --pairs FILE")
     model = load_model(args.model)
-    result = _evaluate(model.vectors, args.analogies, args.pairs or [])
+    result = _evaluate(model.vectors, files)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -195,19 +228,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     from model.formats import save_word2vec_format
     from model.store import load_model
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a directory; give a file name")
+    _check_out(out, args.force)
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
     model = load_model(args.model)
-    save_word2vec_format(model.vectors, args.out, binary=args.format == "word2vec-binary")
+    save_word2vec_format(model.vectors, out, binary=args.format == "word2vec-binary")
     print(f"wrote {args.out}: {len(model.vectors)} words ({args.format})")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from model.formats import load_word2vec_format
-    from model.store import Model, save_model
+    from model.store import Model, check_writable_target, save_model
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise CLIError(f"--out {out} already exists; pass --force to replace it")
+    _check_out(out, args.force)
+    check_writable_target(out, overwrite=args.force)
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[args.format]
     vectors = load_word2vec_format(args.file, binary=binary)
     save_model(out, Model(vectors, {"imported_from": Path(args.file).name}), overwrite=args.force)
@@ -218,7 +257,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = TrainConfig()
     p = sub.add_parser("train", help="train a model on a text corpus (one sentence per line)")
-    p.add_argument("corpus", help="text file, optionally .gz or .bz2")
+    p.add_argument("corpus", help="text file, one sentence per line; gzip, bzip2 or xz compressed too")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--vector-size", type=int, default=d.vector_size)
     p.add_argument("--window", type=int, default=d.window)
@@ -279,7 +318,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("export", help="write a model in word2vec text or binary format")
     p.add_argument("model")
     p.add_argument("--format", choices=["word2vec-text", "word2vec-binary"], default="word2vec-binary")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="file to write; .gz, .bz2 or .xz compresses it")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("index", help="add a neighbour table to a model directory, so one-word queries are lookups")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -47,6 +48,12 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints when a checkpoint dir is given; 0: never
 
     def validate(self) -> TrainConfig:
+        # NumPy integers (from a sweep over np.arange, say) are taken as the ints they are, and
+        # stored as int so the config stays JSON.
+        for name in (*_INT_BOUNDS, "max_vocab", "batch_words", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | int | None) and hasattr(value, "__index__"):
+                object.__setattr__(self, name, operator.index(value))
         for name, (lo, hi) in _INT_BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -71,7 +78,7 @@ class TrainConfig:
             raise ParameterError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.engine not in ENGINES:
             raise ParameterError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ParameterError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         return self
 

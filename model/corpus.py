@@ -18,12 +18,14 @@ import bz2
 import contextlib
 import gzip
 import io
+import lzma
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,38 +48,57 @@ RANGE_BYTES = 8 << 20
 COMPRESSED_MIN_BYTES = PARALLEL_MIN_BYTES // 4
 
 Source = str | Path | Iterable[Sequence[str]]
+# What a damaged compressed stream raises while it is read (gzip.BadGzipFile is an OSError).
+DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+_MAGIC_BYTES = max(len(magic) for magic, _ in _MAGIC)
 
 
-def open_bytes(path: str | Path) -> IO[bytes]:
-    """Open a plain, gzip or bzip2 file for its decompressed bytes, chosen by its magic bytes
-    rather than its name."""
+def check_storable_words(words: Sequence[object], error: type[Exception]) -> None:
+    """Refuse words that are not strings or that a model's vocab.tsv (a word per line) cannot hold."""
+    non_str = next((w for w in words if not isinstance(w, str)), None)
+    if non_str is not None:
+        raise error(f"words must be strings, got {non_str!r} ({type(non_str).__name__})")
+    if "\n" in "".join(words):  # type: ignore[arg-type]
+        bad = next(w for w in words if "\n" in w)  # type: ignore[operator]
+        raise error(f"the word {bad!r} contains a line break (\\n), which a model cannot store; split it into words")
+
+
+def open_bytes(path: str | os.PathLike[str], *, what: str = "corpus") -> IO[bytes]:
+    """Open a plain, gzip, bzip2 or xz file for its decompressed bytes, chosen by its magic
+    bytes rather than its name; `what` names the file in errors."""
     p = Path(path)
     if not p.exists():
-        raise CorpusError(f"corpus file not found: {p}")
+        raise CorpusError(f"{what} file not found: {p}")
     if p.is_dir():
-        raise CorpusError(f"corpus path is a directory, expected a text file: {p}")
+        raise CorpusError(f"{what} path is a directory, expected a text file: {p}")
     try:
         with p.open("rb") as fh:
-            magic = fh.read(3)
+            magic = fh.read(_MAGIC_BYTES)
     except OSError as exc:
-        raise CorpusError(f"cannot read corpus {p}: {exc.strerror or exc}") from exc
+        raise CorpusError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
     compression = _compression(magic)
     if compression == "gzip":
         return gzip.open(p, "rb")  # type: ignore[return-value]
     if compression == "bzip2":
         return bz2.open(p, "rb")
+    if compression == "xz":
+        return lzma.open(p, "rb")
     return p.open("rb")
 
 
+def compression_of(path: str | Path) -> str | None:
+    """"gzip", "bzip2", "xz" or None (plain) for the file at `path`, from its magic bytes."""
+    with Path(path).open("rb") as fh:
+        return _compression(fh.read(_MAGIC_BYTES))
+
+
 def _compression(magic: bytes) -> str | None:
-    """The compression of a file ("gzip", "bzip2" or None for plain) from its first three bytes."""
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip"
-    return "bzip2" if magic == b"BZh" else None
+    return next((name for prefix, name in _MAGIC if magic.startswith(prefix)), None)
 
 
 def open_text(path: str | Path) -> IO[str]:
-    """Open a plain, gzip or bzip2 text file as text."""
+    """Open a plain, gzip, bzip2 or xz text file as text."""
     return _as_text(open_bytes(path))
 
 
@@ -94,8 +115,8 @@ def iter_sentences(
         try:
             with open_text(source) as fh:
                 yield from _line_sentences(fh, lowercase, max_sentence_words)
-        except (OSError, EOFError) as exc:
-            # Truncated gzip/bz2 streams surface here; the message names the file.
+        except DECOMPRESS_ERRORS as exc:
+            # Truncated or damaged compressed streams surface here; the message names the file.
             raise CorpusError(f"cannot read corpus {source}: {exc}") from exc
         return
     for sentence in source:
@@ -227,8 +248,11 @@ def encode(
     flush()
     if sink.size == 0:
         raise CorpusError("the corpus contains no words (empty file or only blank lines)")
+    words = list(index)
+    if not isinstance(source, str | Path):  # tokens from a file are str without line breaks
+        check_storable_words(words, CorpusError)
     return EncodedCorpus(
-        words=list(index),
+        words=words,
         counts=counts.astype(np.int64),
         tokens=sink.finish(),
         lengths=np.asarray(lengths, dtype=np.int64),
@@ -241,7 +265,7 @@ def _file_kind(path: Path) -> tuple[str, int]:
     to `open_text`, which words it."""
     try:
         with path.open("rb") as fh:
-            magic = fh.read(3)
+            magic = fh.read(_MAGIC_BYTES)
             size = os.fstat(fh.fileno()).st_size
     except OSError:
         return "unreadable", 0
@@ -265,7 +289,7 @@ def _decompressed(path: Path) -> Iterator[tuple[Path, int] | None]:
             while True:
                 try:
                     chunk = raw.read(1 << 20)
-                except (OSError, EOFError) as exc:
+                except DECOMPRESS_ERRORS as exc:
                     raise CorpusError(f"cannot read corpus {path}: {exc}") from exc
                 if not chunk:
                     break

@@ -42,7 +42,10 @@ def splitmix64(x: int) -> np.uint64:
     return z
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+# error_model="numpy": a diverging run (too high a learning rate) turns its weights into inf and
+# NaN, which the trainer reports as divergence; Python's error model would instead raise a bare
+# ZeroDivisionError from inside the kernel, and checks every division for it.
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def train_cbow_job(
     syn0: np.ndarray,
     syn1neg: np.ndarray,

@@ -29,6 +29,10 @@ class DeviceError(W2VError):
     """The requested compute device is not available."""
 
 
+class TrainingDiverged(W2VError):
+    """The loss blew up (usually a learning rate too high for the corpus); no model is kept."""
+
+
 class TrainingCancelled(W2VError):
     """Training stopped because the caller asked it to."""
 

@@ -8,6 +8,8 @@ questions are answered in batched matrix products instead of one query at a time
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,10 +17,20 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from model.errors import ModelFormatError, ParameterError
+from model.corpus import DECOMPRESS_ERRORS, open_bytes
+from model.errors import CorpusError, ModelFormatError, ParameterError
 from model.vectors import Method, Vectors
 
-__all__ = ["AnalogyResult", "PairsResult", "evaluate_analogies", "evaluate_word_pairs"]
+__all__ = [
+    "AnalogyQuestions",
+    "AnalogyResult",
+    "PairsResult",
+    "WordPairs",
+    "evaluate_analogies",
+    "evaluate_word_pairs",
+    "read_analogies",
+    "read_word_pairs",
+]
 
 PathLike: TypeAlias = str | os.PathLike[str]
 
@@ -60,15 +72,44 @@ class PairsResult:
         return asdict(self)
 
 
+@dataclass
+class AnalogyQuestions:
+    """An analogy file, read: its ": section" names and (section index, a, b, c, expected)."""
+
+    path: str
+    sections: list[str]
+    questions: list[tuple[int, str, str, str, str]]
+
+
+@dataclass
+class WordPairs:
+    """A word-pair file, read: (word1, word2, human score) per pair."""
+
+    path: str
+    pairs: list[tuple[str, str, float]]
+
+
 def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                yield line_no, raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ModelFormatError(
-                    f"{path}: line {line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
-                ) from None
+    """Lines of a plain, gzip, bzip2 or xz text file; a bad file is a ModelFormatError, a
+    missing one a FileNotFoundError (as in gensim)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "evaluation file not found", str(path))
+    try:
+        f = open_bytes(path, what="evaluation")
+    except CorpusError as exc:
+        raise ModelFormatError(str(exc)) from None
+    with f:
+        line_no = 0
+        try:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    yield line_no, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ModelFormatError(
+                        f"{path}: line {line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                    ) from None
+        except DECOMPRESS_ERRORS as exc:
+            raise ModelFormatError(f"{path}: cannot read it after line {line_no}: {exc}") from None
 
 
 def _ok_vocab(vectors: Vectors, restrict_vocab: int, case_insensitive: bool) -> dict[str, int]:
@@ -82,21 +123,8 @@ def _ok_vocab(vectors: Vectors, restrict_vocab: int, case_insensitive: bool) -> 
     return ok
 
 
-def evaluate_analogies(
-    vectors: Vectors,
-    path: PathLike,
-    *,
-    restrict_vocab: int = 300000,
-    case_insensitive: bool = True,
-    method: Method = "add",
-) -> AnalogyResult:
-    """Accuracy on "a b c d" questions (a is to b as c is to d), like gensim's
-    `evaluate_word_analogies`: d must be the best match for b + c - a among the first
-    `restrict_vocab` words, the question words themselves excluded.
-
-    `method="mul"` ranks with 3CosMul instead of 3CosAdd (gensim only offers the latter).
-    """
-    ok_vocab = _ok_vocab(vectors, restrict_vocab, case_insensitive)
+def read_analogies(path: PathLike) -> AnalogyQuestions:
+    """Read a questions-words.txt style file; a malformed one is a ModelFormatError."""
     section_names: list[str] = []
     questions: list[tuple[int, str, str, str, str]] = []
     for line_no, line in _lines(path):
@@ -110,12 +138,34 @@ def evaluate_analogies(
             raise ModelFormatError(f"{path}: line {line_no}: question before the first ': section' line")
         if len(tokens) != 4:
             raise ModelFormatError(f"{path}: line {line_no}: expected 4 words, found {len(tokens)}")
-        if case_insensitive:
-            tokens = [t.upper() for t in tokens]
         a, b, c, expected = tokens
         questions.append((len(section_names) - 1, a, b, c, expected))
     if not questions:
         raise ModelFormatError(f"{path}: no analogy questions found")
+    return AnalogyQuestions(str(path), section_names, questions)
+
+
+def evaluate_analogies(
+    vectors: Vectors,
+    path: PathLike | AnalogyQuestions,
+    *,
+    restrict_vocab: int = 300000,
+    case_insensitive: bool = True,
+    method: Method = "add",
+) -> AnalogyResult:
+    """Accuracy on "a b c d" questions (a is to b as c is to d), like gensim's
+    `evaluate_word_analogies`: d must be the best match for b + c - a among the first
+    `restrict_vocab` words, the question words themselves excluded.
+
+    `method="mul"` ranks with 3CosMul instead of 3CosAdd (gensim only offers the latter).
+    `path` may also be the file as `read_analogies` returned it.
+    """
+    ok_vocab = _ok_vocab(vectors, restrict_vocab, case_insensitive)
+    read = path if isinstance(path, AnalogyQuestions) else read_analogies(path)
+    section_names = read.sections
+    questions = read.questions
+    if case_insensitive:
+        questions = [(s, a.upper(), b.upper(), c.upper(), d.upper()) for s, a, b, c, d in questions]
 
     answerable = [q for q in questions if all(w in ok_vocab for w in q[1:])]
     words = vectors.words
@@ -152,23 +202,10 @@ def evaluate_analogies(
     )
 
 
-def evaluate_word_pairs(
-    vectors: Vectors,
-    path: PathLike,
-    *,
-    delimiter: str = "\t",
-    restrict_vocab: int = 300000,
-    case_insensitive: bool = True,
-) -> PairsResult:
-    """Pearson and Spearman correlation between cosine similarity and the scores in a
-    "word1<delimiter>word2<delimiter>score" file (gensim's `evaluate_word_pairs` with
-    `dummy4unknown=False`: pairs with unknown words are skipped and counted in `oov`).
-    """
-    ok_vocab = _ok_vocab(vectors, restrict_vocab, case_insensitive)
-    words = vectors.words
-    gold: list[float] = []
-    model: list[float] = []
-    oov = 0
+def read_word_pairs(path: PathLike, *, delimiter: str = "\t") -> WordPairs:
+    """Read a "word1<delimiter>word2<delimiter>score" file (wordsim353.tsv, simlex999.txt);
+    `#` lines are comments; a malformed file is a ModelFormatError."""
+    pairs: list[tuple[str, str, float]] = []
     for line_no, line in _lines(path):
         if line.startswith("#") or not line.strip():
             continue
@@ -177,11 +214,38 @@ def evaluate_word_pairs(
             raise ModelFormatError(
                 f"{path}: line {line_no}: expected 3 fields separated by {delimiter!r}, found {len(fields)}"
             )
-        a, b = fields[0].strip(), fields[1].strip()
         try:
             score = float(fields[2])
         except ValueError:
-            raise ModelFormatError(f"{path}: line {line_no}: score {fields[2].strip()!r} is not a number") from None
+            score = math.nan
+        if not math.isfinite(score):
+            raise ModelFormatError(f"{path}: line {line_no}: score {fields[2].strip()!r} is not a finite number")
+        pairs.append((fields[0].strip(), fields[1].strip(), score))
+    if not pairs:
+        raise ModelFormatError(f"{path}: no word pairs found")
+    return WordPairs(str(path), pairs)
+
+
+def evaluate_word_pairs(
+    vectors: Vectors,
+    path: PathLike | WordPairs,
+    *,
+    delimiter: str = "\t",
+    restrict_vocab: int = 300000,
+    case_insensitive: bool = True,
+) -> PairsResult:
+    """Pearson and Spearman correlation between cosine similarity and the scores in a
+    "word1<delimiter>word2<delimiter>score" file (gensim's `evaluate_word_pairs` with
+    `dummy4unknown=False`: pairs with unknown words are skipped and counted in `oov`).
+    `path` may also be the file as `read_word_pairs` returned it.
+    """
+    ok_vocab = _ok_vocab(vectors, restrict_vocab, case_insensitive)
+    read = path if isinstance(path, WordPairs) else read_word_pairs(path, delimiter=delimiter)
+    words = vectors.words
+    gold: list[float] = []
+    model: list[float] = []
+    oov = 0
+    for a, b, score in read.pairs:
         if case_insensitive:
             a, b = a.upper(), b.upper()
         if a not in ok_vocab or b not in ok_vocab:
@@ -189,11 +253,9 @@ def evaluate_word_pairs(
             continue
         gold.append(score)
         model.append(vectors.similarity(words[ok_vocab[a]], words[ok_vocab[b]]))
-    if not gold and not oov:
-        raise ModelFormatError(f"{path}: no word pairs found")
     if len(gold) < 2:
         raise ParameterError(
-            f"{path}: only {len(gold)} of {len(gold) + oov} pairs have both words among the first "
+            f"{read.path}: only {len(gold)} of {len(gold) + oov} pairs have both words among the first "
             f"{restrict_vocab} words of the vocabulary; a correlation needs at least 2"
         )
     x = np.asarray(gold, dtype=np.float64)

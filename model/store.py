@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,17 +48,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_writable_target(path: str | Path, *, overwrite: bool) -> Path:
+    """The absolute path a model may be written to, or FileExistsError saying why not.
+
+    Overwriting replaces only a model directory or an empty one: a mistyped path must not
+    swap away a folder of other files, or a file, such as the corpus itself.
+    """
+    target = Path(os.path.abspath(path))
+    if not target.exists() and not target.is_symlink():
+        return target
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another path or allow overwrite")
+    if not target.is_dir() or target.is_symlink():
+        raise FileExistsError(f"{path} exists and is not a model directory; it is left as it is")
+    if not (target / META_FILE).is_file() and any(target.iterdir()):
+        raise FileExistsError(
+            f"{path} is a folder that holds no model ({META_FILE} is missing); only a model "
+            "directory or an empty folder is replaced"
+        )
+    return target
+
+
 def save_model(path: str | Path, model: Model, *, overwrite: bool = False, only_if_exists: bool = False) -> bool:
     """Write a model directory in one step: readers see the old directory or the new one, whole.
 
     `only_if_exists` rewrites an existing model only while it still exists, so a model deleted
     during a long rewrite stays deleted; False then, and nothing is written.
     """
-    target = Path(path)
-    if only_if_exists and not target.is_dir():
-        return False
-    if target.exists() and not overwrite and not only_if_exists:
-        raise FileExistsError(f"{target} already exists; choose another path or allow overwrite")
+    if only_if_exists:
+        target = Path(os.path.abspath(path))
+        if not target.is_dir():
+            return False
+    else:
+        target = check_writable_target(path, overwrite=overwrite)
     stage = staging_dir(target)
     try:
         vectors = np.ascontiguousarray(model.vectors.vectors, dtype=np.float32)
@@ -125,13 +148,18 @@ def load_model(path: str | Path, *, mmap: bool = True, verify: bool = True) -> M
         raise ModelFormatError(f"{root}: cannot read {VECTORS_FILE}: {exc}") from exc
     words: list[str] = []
     counts: list[int] = []
-    with (root / VOCAB_FILE).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            word, sep, count = line.rstrip("\n").rpartition("\t")
-            if not sep or not count.isdigit():
-                raise ModelFormatError(f"{root / VOCAB_FILE}:{lineno}: expected 'word<TAB>count'")
-            words.append(word)
-            counts.append(int(count))
+    # Lines end at \n only: a word may hold \r, as word2vec binary files allow (save_model
+    # refuses words with \n). A word may hold tabs too: the count is after the last one.
+    try:
+        with (root / VOCAB_FILE).open(encoding="utf-8", newline="\n") as fh:
+            for lineno, line in enumerate(fh, 1):
+                word, sep, count = line.removesuffix("\n").rpartition("\t")
+                if not sep or not count.isdigit():
+                    raise ModelFormatError(f"{root / VOCAB_FILE}:{lineno}: expected 'word<TAB>count'")
+                words.append(word)
+                counts.append(int(count))
+    except UnicodeDecodeError as exc:
+        raise ModelFormatError(f"{root / VOCAB_FILE} is not valid UTF-8: {exc}") from exc
     if vectors.ndim != 2 or vectors.shape[0] != len(words) or vectors.dtype != np.float32:
         raise ModelFormatError(
             f"{root}: {VECTORS_FILE} has shape {vectors.shape} {vectors.dtype}, expected ({len(words)}, d) float32"

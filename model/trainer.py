@@ -12,6 +12,7 @@ word subsampling, unigram^0.75 negatives, linear learning-rate decay.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -28,7 +29,7 @@ from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.config import Progress, TrainConfig
 from model.corpus import Source, encode
 from model.cpu_kernel import train_cbow_job
-from model.errors import TrainingCancelled
+from model.errors import ParameterError, TrainingCancelled, TrainingDiverged
 from model.sampling import AliasSampler, keep_thresholds
 from model.store import Model
 from model.vectors import Vectors
@@ -41,6 +42,7 @@ DEFAULT_HOGWILD_BATCH = 10_000
 _M64 = (1 << 64) - 1
 
 ProgressCallback = Callable[[Progress], None]
+_LOWER_ALPHA = "lower the learning rate alpha (now {alpha}; word2vec's default is 0.05) and train again"
 
 
 def job_seed(seed: int, epoch: int, job: int) -> int:
@@ -77,6 +79,13 @@ class _Tracker:
         self.alpha = cfg.alpha
 
     def add(self, raw_words: int, trained: int, loss: float, alpha: float) -> None:
+        # Raised in the engine's own thread, so a blown-up run stops within one job or launch
+        # instead of finishing the epoch on NaN.
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch} of {self.cfg.epochs}: the loss became "
+                f"{loss}; {_LOWER_ALPHA.format(alpha=self.cfg.alpha)}"
+            )
         with self.lock:
             self.words_done += raw_words
             self.loss_sum += loss
@@ -92,6 +101,25 @@ class _Tracker:
 
     def epoch_loss(self) -> float:
         return self.epoch_loss_sum / max(self.epoch_loss_words, 1)
+
+    def check_epoch_loss(self, *, last: bool) -> None:
+        """Stop a run whose loss climbed far above where it started: its vectors are noise.
+
+        An untrained model (zero output vectors) scores every word at (negative + 1)·ln 2. A run
+        whose learning rate overshoots can climb well above that and still recover (alpha 0.45
+        on the Lee corpus peaks at 1.9 times it and ends at 0.7 times it), so mid-run only twenty
+        times it stops a run; after the last epoch, anything worse than untrained does.
+        """
+        untrained = (self.cfg.negative + 1) * math.log(2)
+        loss = self.epoch_loss()
+        limit = untrained if last else 20 * untrained
+        if loss > limit:
+            where = "after the last epoch" if last else f"in epoch {self.epoch} of {self.cfg.epochs}"
+            raise TrainingDiverged(
+                f"training diverged {where}: the mean loss per word is {loss:.4g}, "
+                f"{'worse than' if last else 'over twenty times'} an untrained model's "
+                f"{untrained:.3g}; {_LOWER_ALPHA.format(alpha=self.cfg.alpha)}"
+            )
 
     def words_per_sec(self) -> float:
         elapsed = time.perf_counter() - self.t_start
@@ -235,6 +263,9 @@ def train(
     device = resolve_device(cfg.device)
     engine = "hogwild" if cfg.engine == "auto" else cfg.engine
     threads = cfg.threads or os.cpu_count() or 1
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None and ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise ParameterError(f"checkpoint_dir {ckpt_dir} exists and is not a folder")
     t0 = time.perf_counter()
 
     encoded = encode(corpus, lowercase=cfg.lowercase, workers=threads)
@@ -255,7 +286,6 @@ def train(
     )
 
     fingerprint = f"{cfg.fingerprint()}:{vocab.fingerprint()}:{tc.n_words}:{tc.offsets.size}"
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resumed = load_checkpoint(ckpt_dir, fingerprint) if ckpt_dir is not None else None
     if resumed is not None:
         syn0, syn1neg = resumed.syn0, resumed.syn1neg
@@ -282,6 +312,7 @@ def train(
                 _hogwild_epoch(run, epoch, tracker, should_stop)
             else:
                 dev.run_epoch(epoch, tracker, should_stop)
+            tracker.check_epoch_loss(last=epoch + 1 == cfg.epochs)
             epoch_losses.append(tracker.epoch_loss())
             tracker.report(force=True)
             done = epoch + 1

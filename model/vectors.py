@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from model.corpus import check_storable_words
 from model.errors import ModelFormatError, ParameterError, UnknownWordError
 
 if TYPE_CHECKING:
@@ -224,8 +225,10 @@ def _band_shortlists(
 def _check_limits(topn: int, restrict_vocab: int | None) -> None:
     if isinstance(topn, bool) or not isinstance(topn, int | np.integer) or topn < 1:
         raise ParameterError(f"topn must be a positive integer, got {topn!r}")
-    if restrict_vocab is not None and restrict_vocab < 1:
-        raise ParameterError(f"restrict_vocab must be at least 1, got {restrict_vocab}")
+    if restrict_vocab is not None and (
+        isinstance(restrict_vocab, bool) or not isinstance(restrict_vocab, int | np.integer) or restrict_vocab < 1
+    ):
+        raise ParameterError(f"restrict_vocab must be a positive integer or None, got {restrict_vocab!r}")
 
 
 class Vectors:
@@ -256,9 +259,7 @@ class Vectors:
             raise ModelFormatError("vectors must have at least one dimension")
         if not np.issubdtype(vectors.dtype, np.floating):
             raise ModelFormatError(f"vectors must be floating point, got {vectors.dtype}")
-        non_str = [w for w in words if not isinstance(w, str)]
-        if non_str:
-            raise ModelFormatError(f"words must be strings, got e.g. {non_str[0]!r}")
+        check_storable_words(words, ModelFormatError)
         key_to_index = {w: i for i, w in enumerate(words)}
         if len(key_to_index) != len(words):
             seen: set[str] = set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -182,3 +183,112 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("w2v: error:") and "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "small.txt"
+    path.write_text("the cat sat on the mat\nthe dog sat on the log\n" * 20, encoding="utf-8")
+    return path
+
+
+def _train_argv(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(corpus), "--out", str(out), "--epochs", "1", "--min-count", "1", "--quiet", *extra]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--analogies", "missing.txt"], "missing.txt"),
+        (["--pairs", "missing.tsv"], "missing.tsv"),
+        (["--analogies", "bad-questions.txt"], "question before the first"),
+        (["--pairs", "bad-pairs.tsv"], "not a finite number"),
+        (["--checkpoint-dir", "a-file"], "checkpoint_dir .* not a folder"),
+    ],
+)
+def test_train_refuses_bad_side_inputs_before_training(
+    tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    flags: list[str], message: str,
+) -> None:
+    import model.trainer
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad-questions.txt").write_text("a b c d\n")
+    (tmp_path / "bad-pairs.tsv").write_text("a\tb\tinf\n")
+    (tmp_path / "a-file").write_text("")
+    epochs: list[int] = []
+    monkeypatch.setattr(model.trainer._Tracker, "start_epoch", lambda self, epoch: epochs.append(epoch))
+    line = _error(capsys, _train_argv(small_corpus, tmp_path / "m", *flags))
+    assert re.search(message, line), line
+    assert epochs == [] and not (tmp_path / "m").exists()
+
+
+def test_a_failure_after_training_still_saves_the_model(
+    tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("king\tqueen\t9\nbread\tbutter\t7\n")  # no pair among the model's words
+    one_word = tmp_path / "one.txt"
+    one_word.write_text("word word word\n")
+    for corpus, flags, message in (
+        (small_corpus, ["--pairs", str(pairs)], "only 0 of 2 pairs"),
+        (one_word, ["--neighbours", "10"], "needs at least two words"),
+    ):
+        out = tmp_path / f"m-{flags[0]}"
+        line = _error(capsys, _train_argv(corpus, out, *flags))
+        assert message in line and "the model is saved without it" in line
+        assert len(load_model(out).vectors) >= 1
+
+
+def test_checkpoint_is_removed_after_a_finished_run(
+    tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model.checkpoint import CHECKPOINT_FILE
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "notes.txt").write_text("mine")
+    argv = _train_argv(small_corpus, tmp_path / "m", "--checkpoint-dir", str(ckpt)) + ["--epochs", "3"]
+    assert main(argv) == 0
+    assert not (ckpt / CHECKPOINT_FILE).exists() and (ckpt / "notes.txt").read_text() == "mine"
+
+
+def test_force_replaces_only_a_model(tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    for target, message in ((small_corpus, "not a model directory"), (folder, "holds no model")):
+        line = _error(capsys, _train_argv(small_corpus, target, "--force"))
+        assert message in line
+    assert small_corpus.read_text().startswith("the cat") and (folder / "keep.txt").read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_train_argv(small_corpus, empty, "--force")) == 0
+    assert main(_train_argv(small_corpus, empty, "--force", "--vector-size", "8")) == 0
+    assert load_model(empty).vectors.vector_size == 8
+    assert main(["import", str(small_corpus), "--out", str(folder), "--force"]) != 0
+    assert (folder / "keep.txt").read_text() == "precious"
+
+
+def test_force_on_the_working_directory(tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "holds no model" in _error(capsys, _train_argv(small_corpus, Path("."), "--force"))
+
+
+def test_export_errors_name_the_users_path(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "v.bin"
+    assert main(["export", str(trained), "--out", str(out)]) == 0
+    assert "--force" in _error(capsys, ["export", str(trained), "--out", str(out)])
+    assert main(["export", str(trained), "--out", str(out), "--force"]) == 0
+    line = _error(capsys, ["export", str(trained), "--out", str(tmp_path / "no" / "such" / "v.bin")])
+    assert str(tmp_path / "no" / "such") in line and ".tmp" not in line
+    assert "is a directory" in _error(capsys, ["export", str(trained), "--out", str(tmp_path)])
+
+
+def test_diverging_training_is_one_error_line_and_no_model(
+    tmp_path: Path, lee_text: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _error(capsys, ["train", str(lee_text), "--out", str(tmp_path / "m"), "--alpha", "1", "--epochs", "2"])
+    assert "diverged" in line and "lower the learning rate alpha (now 1.0" in line
+    assert not (tmp_path / "m").exists()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import bz2
 import functools
+import gzip
+import lzma
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +71,15 @@ def test_spilled_corpus_trains_identically(lee_text: Path, monkeypatch: pytest.M
     np.testing.assert_array_equal(in_memory.vectors.vectors, spilled.vectors.vectors)
 
 
+@pytest.mark.parametrize(
+    ("sentences", "message"),
+    [([[1, 2, 3]] * 3, r"words must be strings, got 1 \(int\)"), ([["a\nb", "c"]] * 3, "contains a line break")],
+)
+def test_tokens_a_model_cannot_store_are_refused_before_training(sentences: list[list[object]], message: str) -> None:
+    with pytest.raises(CorpusError, match=message):
+        train(sentences, TrainConfig(min_count=1, epochs=1))  # type: ignore[arg-type]
+
+
 def test_iterable_of_strings_is_rejected() -> None:
     from model import CorpusError
 
@@ -78,16 +93,53 @@ def test_undecodable_bytes_do_not_abort(tmp_path: Path) -> None:
     assert list(iter_sentences(path)) == [["caf\ufffd", "ok", "ok"], ["ok"]]
 
 
-def test_truncated_gzip_is_a_corpus_error(tmp_path: Path) -> None:
-    import gzip
+def _truncated(compress: Callable[[bytes], bytes]) -> bytes:
+    data = compress(b"word " * 100000)
+    return data[: len(data) // 2]
 
-    from model import CorpusError
 
-    data = gzip.compress(b"word " * 100000)
-    path = tmp_path / "c.gz"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorpusError, match="cannot read"):
-        list(iter_sentences(path))
+def _damaged(compress: Callable[[bytes], bytes]) -> bytes:
+    data = bytearray(compress(b"word " * 100000))
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\x5a" * 64  # the middle of the stream, garbled
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_truncated(gzip.compress), id="truncated-gzip"),
+        pytest.param(b"\x1f\x8b\x08\x00garbage" * 10, id="garbage-after-gzip-magic"),  # zlib.error
+        pytest.param(_damaged(gzip.compress), id="damaged-gzip"),
+        pytest.param(_damaged(bz2.compress), id="damaged-bzip2"),
+        pytest.param(_damaged(lzma.compress), id="damaged-xz"),  # lzma.LZMAError
+        pytest.param(_truncated(lzma.compress), id="truncated-xz"),
+    ],
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_damaged_compressed_corpus_is_a_corpus_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, workers: int
+) -> None:
+    import model.corpus as corpus
+
+    monkeypatch.setattr(corpus, "COMPRESSED_MIN_BYTES", 0)
+    path = tmp_path / "c.txt"  # the name says nothing: the magic bytes decide
+    path.write_bytes(data)
+    with pytest.raises(CorpusError, match=r"cannot read corpus .*c\.txt"):
+        encode(path, workers=workers)
+
+
+def test_xz_corpus_reads_like_plain(tmp_path: Path, lee_text: Path) -> None:
+    import model.corpus as corpus
+
+    text = lee_text.read_bytes()
+    (tmp_path / "c.xz").write_bytes(lzma.compress(text))
+    plain = encode(lee_text)
+    for workers, threshold in ((1, corpus.COMPRESSED_MIN_BYTES), (2, 0)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(corpus, "COMPRESSED_MIN_BYTES", threshold)
+            xz = encode(tmp_path / "c.xz", workers=workers)
+        assert xz.words == plain.words
+        assert np.array_equal(xz.tokens, plain.tokens)
 
 
 def _tricky_text(rng: np.random.Generator, lines: int) -> bytes:
@@ -205,3 +257,28 @@ def test_workers_of_a_killed_encoding_remove_their_slices(tmp_path: Path) -> Non
     while list(temp.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(temp.iterdir()) == []
+
+
+def test_trains_where_numba_can_cache_neither_beside_the_code_nor_in_home(tmp_path: Path) -> None:
+    # A read-only install run by an account without a home: Numba used to refuse to compile
+    # ("cannot cache function ...: no locator available").
+    install = tmp_path / "install"
+    shutil.copytree(Path(model.__file__).parent, install / "model", ignore=shutil.ignore_patterns("__pycache__"))
+    (install / "model" / "__pycache__").write_bytes(b"")  # a file: no folder can be made there
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c d\n" * 50, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME="/proc/no-home", PYTHONPATH=str(install), TMPDIR=str(tmp_path))
+    script = (
+        "import os; from model import TrainConfig, train;"
+        "m = train(os.environ['CORPUS'], TrainConfig(min_count=1, epochs=1));"
+        "print(len(m.vectors), os.environ['NUMBA_CACHE_DIR'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-B", "-c", script], env={**env, "CORPUS": str(corpus)}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    words, cache = done.stdout.split()
+    assert words == "4"
+    assert Path(cache).parent == tmp_path and os.stat(cache).st_mode & 0o777 == 0o700

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ from gensim.models import KeyedVectors
 from gensim.test.utils import datapath
 
 from model.errors import ModelFormatError, ParameterError
-from model.evaluation import evaluate_analogies, evaluate_word_pairs
+from model.evaluation import evaluate_analogies, evaluate_word_pairs, read_analogies, read_word_pairs
 from model.vectors import Vectors
 
 QUESTIONS = Path(datapath("questions-words.txt"))
@@ -220,7 +224,9 @@ def test_malformed_analogy_files(tmp_path, text, message) -> None:
     ("text", "message"),
     [
         ("# comment\na\tb\t1.0\na\tb\n", "line 3: expected 3 fields"),
-        ("a\tb\tmuch\n", "line 1: score 'much' is not a number"),
+        ("a\tb\tmuch\n", "line 1: score 'much' is not a finite number"),
+        ("a\tb\tnan\n", "line 1: score 'nan' is not a finite number"),
+        ("a\tb\t-inf\n", "line 1: score '-inf' is not a finite number"),
         ("# only comments\n", "no word pairs"),
     ],
 )
@@ -245,3 +251,29 @@ def test_missing_files_raise_file_not_found(tmp_path) -> None:
         evaluate_analogies(vecs, tmp_path / "missing.txt")
     with pytest.raises(FileNotFoundError):
         evaluate_word_pairs(vecs, tmp_path / "missing.tsv")
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gz", "bz2", "xz"])
+def test_compressed_files_and_files_read_ahead_score_the_same(
+    tmp_path, analogy_store, pairs_store, compress: Callable[[bytes], bytes]
+) -> None:
+    ours, _ = analogy_store
+    packed = tmp_path / "questions.txt.z"
+    packed.write_bytes(compress(QUESTIONS.read_bytes()))
+    plain = evaluate_analogies(ours, QUESTIONS)
+    assert evaluate_analogies(ours, packed) == plain
+    assert evaluate_analogies(ours, read_analogies(QUESTIONS)) == plain
+
+    ours, _ = pairs_store
+    packed = tmp_path / "pairs.tsv.z"
+    packed.write_bytes(compress(WORDSIM.read_bytes()))
+    plain_pairs = evaluate_word_pairs(ours, WORDSIM)
+    assert evaluate_word_pairs(ours, packed) == plain_pairs
+    assert evaluate_word_pairs(ours, read_word_pairs(WORDSIM)) == plain_pairs
+
+
+def test_a_damaged_compressed_file_is_a_format_error(tmp_path) -> None:
+    path = tmp_path / "p.tsv.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
+    with pytest.raises(ModelFormatError, match="cannot read it"):
+        read_word_pairs(path)

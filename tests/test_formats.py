@@ -192,7 +192,7 @@ def test_missing_file_raises_file_not_found(tmp_path) -> None:
         load_word2vec_format(tmp_path / "nope.w2v")
 
 
-@pytest.mark.parametrize("bad_word", ["two words", "tab\tword", "new\nline", ""])
+@pytest.mark.parametrize("bad_word", ["two words", "tab\tword", "cr\rword", ""])  # \n: Vectors refuses it
 def test_words_the_format_cannot_hold_are_rejected_before_writing(tmp_path, bad_word) -> None:
     vecs = Vectors(["ok", bad_word], np.ones((2, 3), dtype=np.float32))
     path = tmp_path / "v.w2v"

@@ -36,10 +36,26 @@ def test_round_trip_with_mmap(tmp_path: Path) -> None:
 
 
 def test_unicode_words_survive(tmp_path: Path) -> None:
-    words = ["naïve", "日本", "emoji😀", "tab\tword", "x"]
-    m = Model(Vectors(words, np.eye(5, dtype=np.float32), np.ones(5, dtype=np.int64)))
+    # \r, \x85, \u2028 and \x1c end lines for Python's universal newlines; a word2vec binary
+    # file (gensim reads it) may hold any of them inside a word.
+    words = ["naïve", "日本", "emoji😀", "tab\tword", "x", "cr\rword", "\r", "nel\x85", "ls\u2028", "fs\x1c"]
+    n = len(words)
+    m = Model(Vectors(words, np.eye(n, dtype=np.float32), np.ones(n, dtype=np.int64)))
     save_model(tmp_path / "m", m)
     assert load_model(tmp_path / "m").vectors.words == words
+
+
+def test_a_word_with_a_line_break_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match=r"'a\\nb' contains a line break"):
+        Vectors(["ok", "a\nb"], np.eye(2, dtype=np.float32))
+    assert not list(tmp_path.iterdir())
+
+
+def test_undecodable_vocabulary_is_a_format_error(tmp_path: Path) -> None:
+    save_model(tmp_path / "m", _model())
+    (tmp_path / "m" / "vocab.tsv").write_bytes(b"w\xff0\t5\n")
+    with pytest.raises(ModelFormatError, match="not valid UTF-8"):
+        load_model(tmp_path / "m", verify=False)
 
 
 def test_existing_model_is_not_overwritten_by_default(tmp_path: Path) -> None:

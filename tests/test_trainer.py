@@ -15,6 +15,7 @@ from model import (
     Progress,
     TrainConfig,
     TrainingCancelled,
+    TrainingDiverged,
     Vectors,
     train,
 )
@@ -179,11 +180,46 @@ def test_missing_corpus(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [dict(vector_size=0), dict(window=0), dict(negative=-1), dict(epochs=0), dict(alpha=0.0),
-     dict(sample=-0.1), dict(min_alpha=0.5), dict(device="tpu"), dict(engine="magic"), dict(min_count=True)],
+     dict(sample=-0.1), dict(min_alpha=0.5), dict(device="tpu"), dict(engine="magic"), dict(min_count=True),
+     dict(seed=True), dict(epochs=2.0), dict(vector_size=np.float64(10))],
 )
 def test_out_of_range_parameters(kwargs: dict[str, object], lee_text: Path) -> None:
     with pytest.raises(ParameterError):
         train(lee_text, TrainConfig(**kwargs))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("engine", "alpha", "reason"),
+    [
+        # NaN within the first epoch (the kernel used to die of a bare ZeroDivisionError there).
+        ("hogwild", 1.0, "in epoch 1 of 3: the loss became nan"),
+        # Finite but blown up to 1e9 and more.
+        ("hogwild", 0.7, "in epoch 1 of 3: the mean loss per word is .* over twenty times"),
+        ("minibatch", 1.0, "in epoch 1 of 3: the mean loss per word is .* over twenty times"),
+        # Climbs to ~100 and stays worse than an untrained model to the end.
+        ("hogwild", 0.55, "after the last epoch: the mean loss per word is .* worse than"),
+    ],
+)
+def test_a_learning_rate_that_blows_up_training_is_a_clear_error(
+    lee_sentences: list[list[str]], engine: str, alpha: float, reason: str
+) -> None:
+    with pytest.raises(TrainingDiverged, match=rf"diverged {reason}.*lower the learning rate alpha \(now {alpha};"):
+        train(lee_sentences, TrainConfig(alpha=alpha, epochs=3, seed=1, threads=1, engine=engine))
+
+
+def test_a_high_learning_rate_that_recovers_is_not_called_divergence(lee_sentences: list[list[str]]) -> None:
+    # alpha 0.45 climbs to nearly twice an untrained model's loss (4.16) mid-run, then learns.
+    model = train(lee_sentences, TrainConfig(alpha=0.45, epochs=5, seed=1, threads=1))
+    losses = model.meta["training"]["epoch_losses"]
+    assert max(losses) > 6 and losses[-1] < 3.5
+    assert np.isfinite(model.vectors.vectors).all()
+
+
+def test_numpy_integers_are_taken_as_ints(lee_text: Path) -> None:
+    cfg = TrainConfig(vector_size=np.int64(12), epochs=np.int32(1), seed=np.uint32(3), max_vocab=np.int64(500))
+    model = train(lee_text, cfg)
+    assert model.vectors.vector_size == 12 and len(model.vectors) == 500
+    assert model.meta["config"]["seed"] == 3 and type(model.meta["config"]["vector_size"]) is int
 
 
 def test_cuda_without_gpu_is_a_clear_error(lee_text: Path) -> None:

@@ -240,7 +240,11 @@ def test_unknown_words_are_all_named(store) -> None:
         ours.similarity("w1", "nosuch")
 
 
-@pytest.mark.parametrize("kwargs", [{"topn": 0}, {"topn": -3}, {"restrict_vocab": 0}, {"positive": [], "negative": []}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"topn": 0}, {"topn": -3}, {"topn": 2.5}, {"restrict_vocab": 0}, {"restrict_vocab": 10.5},
+     {"restrict_vocab": "10"}, {"positive": [], "negative": []}],
+)
 def test_invalid_arguments_raise_parameter_error(store, kwargs) -> None:
     ours, _, _ = store
     kwargs = {"positive": ["w1"], **kwargs}

@@ -338,6 +338,14 @@ def test_bad_input_fails_with_the_reason(ctx: JobContext) -> None:
     assert run_job(ctx, rec.job_id) == "failed"
     assert "deleted" in (state(ctx, rec.job_id).error or "")
 
+    # A learning rate the schema allows but the corpus cannot take: used to fail as
+    # "internal error: ZeroDivisionError".
+    rec = submit(ctx, alpha=1.0, min_count=1, epochs=3)
+    assert run_job(ctx, rec.job_id) == "failed"
+    error = state(ctx, rec.job_id).error or ""
+    assert error.startswith("training diverged in epoch 1 of 3") and "lower the learning rate alpha" in error
+    assert not any(ctx.layout.models.iterdir())
+
 
 def test_cancel_before_start(ctx: JobContext) -> None:
     rec = submit(ctx)
