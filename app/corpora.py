@@ -1,21 +1,23 @@
-"""Corpora in the store: one data file (`<id>.txt`, `.txt.gz` or `.txt.bz2`) and one metadata file each.
+"""Corpora in the store: one data file (`<id>.txt`, `.txt.gz`, `.txt.bz2` or `.txt.xz`) and one
+metadata file each.
 
-A corpus is checked (it decompresses, it is not empty) and its lines counted before it gets an
-id, and its metadata is written last, so a corpus is listed only once it is complete.
+A corpus is checked (it decompresses, it is UTF-8 text, it is not empty) and its lines counted
+before it gets an id, and its metadata is written last, so a corpus is listed only once it is
+complete.
 """
 
 from __future__ import annotations
 
-import bz2
+import codecs
 import contextlib
-import gzip
 import json
 import os
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from app.auth import Owner, owned_by
+from model import corpus as corpus_files
 from worker.jobs import utcnow
 from worker.storage import StoreLayout, is_id, new_id
 
@@ -30,42 +32,93 @@ class CorpusNotFound(LookupError):
         super().__init__(f"corpus {corpus_id!r} not found")
 
 
-_SUFFIX = {"none": ".txt", "gzip": ".txt.gz", "bz2": ".txt.bz2"}
+# The compressions model/corpus.py reads (by magic bytes), under the names corpus metadata
+# gives them, and the suffix each is stored with.
+_NAMES = {None: "none", "gzip": "gzip", "bzip2": "bz2", "xz": "xz"}
+_SUFFIX = {"none": ".txt", "gzip": ".txt.gz", "bz2": ".txt.bz2", "xz": ".txt.xz"}
+ACCEPTED = "UTF-8 text, plain or compressed with gzip, bzip2 or xz"
+
+# Text that is not UTF-8 shows in its first bytes: a UTF-16 or UTF-32 byte order mark, or NUL
+# bytes, which UTF-16 puts beside every ASCII letter and which binary files are full of.
+_SNIFF_BYTES = 8192
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32LE", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32BE", "UTF-32"),
+    (b"\xff\xfe", "UTF-16LE", "UTF-16"),
+    (b"\xfe\xff", "UTF-16BE", "UTF-16"),
+)
 
 
-def _compression(path: Path) -> str:
-    with path.open("rb") as fh:
-        magic = fh.read(3)
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip"
-    if magic == b"BZh":
-        return "bz2"
-    return "none"
+def compression_of(path: Path) -> str:
+    """The compression of the file at `path` ("none" if plain), from its magic bytes."""
+    return _NAMES[corpus_files.compression_of(path)]
 
 
-def _open(path: Path, compression: str) -> IO[bytes]:
-    if compression == "gzip":
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    if compression == "bz2":
-        return cast(IO[bytes], bz2.open(path, "rb"))
-    return path.open("rb")
+def open_decompressed(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed if it is compressed."""
+    return corpus_files.open_bytes(path, what="uploaded")
 
 
-def count_text(path: Path, compression: str) -> tuple[int, int]:
-    """(lines, uncompressed bytes); a last line without a newline still counts."""
-    lines = size = 0
+def _check_is_text(head: bytes) -> None:
+    """Refuse text in another encoding (UTF-16 above all) and binary files, saying how to convert."""
+    for bom, encoding, family in _BOMS:
+        if head.startswith(bom):
+            raise InvalidCorpus(
+                f"the corpus must be {ACCEPTED}, but it starts with a {encoding} byte order mark: "
+                f"convert it to UTF-8 first, e.g. iconv -f {family} -t UTF-8 corpus.txt > corpus-utf8.txt"
+            )
+    if b"\x00" in head[:_SNIFF_BYTES]:
+        raise InvalidCorpus(
+            f"the corpus must be {ACCEPTED}, but its first bytes hold NUL bytes: it is UTF-16 or UTF-32 "
+            "text without a byte order mark (convert it, e.g. iconv -f UTF-16LE -t UTF-8 corpus.txt > "
+            "corpus-utf8.txt) or not text at all (a zip archive, PDF or word-processor document: "
+            "extract or save it as plain text)"
+        )
+
+
+@dataclass
+class TextStats:
+    lines: int
+    text_bytes: int  # uncompressed
+    invalid_utf8_bytes: int  # training reads each invalid sequence as U+FFFD
+
+
+def count_text(path: Path, compression: str) -> TextStats:
+    """Lines (a last line without a newline still counts), size and invalid UTF-8 of the text.
+
+    Raises InvalidCorpus for data that does not decompress and for text that is not UTF-8.
+    """
+    lines = size = valid = 0
     last = b"\n"
+    # Invalid bytes become lone surrogates, which encoding with "ignore" drops: what the
+    # encoded text lacks of the bytes read is the invalid part. Split sequences at block
+    # edges wait in the incremental decoder.
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     try:
-        with _open(path, compression) as fh:
+        with open_decompressed(path) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
+                if size == 0:
+                    _check_is_text(block)
                 lines += block.count(b"\n")
                 size += len(block)
                 last = block[-1:]
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
+                if block.isascii() and not decoder.getstate()[0]:
+                    valid += len(block)
+                else:
+                    valid += len(decoder.decode(block).encode("utf-8", "ignore"))
+    except InvalidCorpus:
+        raise
+    except (*corpus_files.DECOMPRESS_ERRORS, ValueError) as exc:
         raise InvalidCorpus(f"the upload looks like {compression} data but does not decompress: {exc}") from exc
+    valid += len(decoder.decode(b"", final=True).encode("utf-8", "ignore"))
     if size and last != b"\n":
         lines += 1
-    return lines, size
+    return TextStats(lines=lines, text_bytes=size, invalid_utf8_bytes=size - valid)
+
+
+def corpus_lock(corpus_id: str) -> str:
+    """The name of the job-store lock that orders job submissions on a corpus against its deletion."""
+    return f"corpus:{corpus_id}"
 
 
 class CorpusStore:
@@ -83,9 +136,9 @@ class CorpusStore:
     ) -> dict[str, Any]:
         """Adopt an uploaded temporary file as a new corpus; blocking (reads the whole file)."""
         try:
-            compression = _compression(tmp)
-            lines, text_bytes = count_text(tmp, compression)
-            if text_bytes == 0:
+            compression = compression_of(tmp)
+            stats = count_text(tmp, compression)
+            if stats.text_bytes == 0:
                 raise InvalidCorpus("the corpus is empty")
             corpus_id = new_id()
             data_name = f"{corpus_id}{_SUFFIX[compression]}"
@@ -100,8 +153,9 @@ class CorpusStore:
             "id": corpus_id,
             "file": data_name,
             "bytes": (self.layout.corpora / data_name).stat().st_size,
-            "text_bytes": text_bytes,
-            "lines": lines,
+            "text_bytes": stats.text_bytes,
+            "lines": stats.lines,
+            "invalid_utf8_bytes": stats.invalid_utf8_bytes,
             "compression": compression,
             "filename": filename,
             "name": name,

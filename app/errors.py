@@ -7,6 +7,7 @@ parameters are 422s that say which parameter and why, too-large bodies are 413s.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,9 +52,15 @@ def _unprocessable(message: str, loc: list[str | int] | None = None) -> JSONResp
 
 
 def _encodable(value: Any) -> Any:
-    """`value` with every string made encodable as UTF-8 (lone surrogates become U+FFFD)."""
+    """`value` made encodable as strict JSON in UTF-8.
+
+    Lone surrogates become U+FFFD; NaN and infinities (Python's json reads `NaN`, `Infinity`
+    and `1e400` in a body) become the strings that spell them, since JSON has no such numbers.
+    """
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, list):
         return [_encodable(v) for v in value]
     if isinstance(value, dict):
@@ -69,6 +76,40 @@ def _scrub_paths(request: Request, message: str) -> str:
     root = re.escape(str(services.layout.root))
     message = re.sub(root + r"/tmp/upload-[0-9a-f]{32}\.part", "the uploaded file", message)
     return re.sub(root + "/", "", message)
+
+
+def _parameter_loc(request: Request, message: str) -> list[str | int]:
+    """Where a library message points: the uploaded file, or the parameter its first word names."""
+    if message.startswith("the uploaded file"):
+        return ["body"]
+    # The library's messages start with the parameter's name ("alpha must be ...").
+    m = re.match(r"^([a-z_]+) must", message)
+    if m is None:
+        return []
+    name = m.group(1)
+    if name in request.path_params:
+        return ["path", name]
+    if name in request.query_params or request.method in ("GET", "DELETE"):
+        return ["query", name]
+    return ["body", name]
+
+
+# FastAPI's errors when the body is not a JSON object: read as something else or absent.
+_NOT_A_JSON_OBJECT = {"model_attributes_type", "dict_type", "missing"}
+
+
+def _json_body_hint(request: Request, error: dict[str, Any]) -> dict[str, Any]:
+    """A body-shape error rewritten to say how to send JSON, which is what the client got wrong."""
+    if tuple(error.get("loc", ())) != ("body",) or error.get("type") not in _NOT_A_JSON_OBJECT:
+        return error
+    content_type = request.headers.get("content-type")
+    if content_type is not None and content_type.split(";")[0].strip().lower() == "application/json":
+        msg = "the body must be a JSON object"
+    elif content_type:
+        msg = f"the body must be a JSON object: send JSON with Content-Type: application/json (got {content_type})"
+    else:
+        msg = "the body must be a JSON object: send JSON with Content-Type: application/json"
+    return {**error, "msg": msg}
 
 
 _HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -89,7 +130,9 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
     matching = [(pattern, found) for pattern, found in patterns if pattern.match(path)]
     # A literal path (/models/import) is a resource of its own, not an instance of /models/{model_id}.
     literal = [found for pattern, found in matching if "[^/]+" not in pattern.pattern]
-    return set().union(*(literal or [found for _, found in matching]))
+    methods: set[str] = set().union(*(literal or [found for _, found in matching]))
+    # HEAD is answered wherever GET is (app.main.HeadAsGet), without an operation of its own.
+    return methods | {"HEAD"} if "GET" in methods else methods
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -100,11 +143,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return _detail(status.HTTP_404_NOT_FOUND, str(exc))
 
-    async def bad_parameter(_: Request, exc: Exception) -> JSONResponse:
-        message = str(exc)
-        # The library's messages start with the parameter's name; point `loc` at it when they do.
-        m = re.match(r"^([a-z_]+) must", message)
-        return _unprocessable(message, [m.group(1)] if m else None)
+    async def bad_parameter(request: Request, exc: Exception) -> JSONResponse:
+        message = _scrub_paths(request, str(exc))
+        return _unprocessable(message, _parameter_loc(request, message))
 
     async def bad_file(request: Request, exc: Exception) -> JSONResponse:
         return _unprocessable(_scrub_paths(request, str(exc)), ["body"])
@@ -130,13 +171,22 @@ def install_error_handlers(app: FastAPI) -> None:
                 )
         return await http_exception_handler(request, exc)
 
-    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        # FastAPI's own handler echoes the offending input, and a lone surrogate from a JSON
-        # escape ("\\ud800") cannot be encoded as UTF-8: the 422 became a 500.
+        # FastAPI's own handler echoes the offending input, and neither a lone surrogate from a
+        # JSON escape ("\\ud800") nor a NaN can be encoded as strict UTF-8 JSON: the 422 became a 500.
+        errors = [_json_body_hint(request, e) for e in exc.errors()]
         return JSONResponse(
-            {"detail": _encodable(jsonable_encoder(exc.errors()))},
+            {"detail": _encodable(jsonable_encoder(errors))},
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    async def internal_error(_: Request, __: Exception) -> JSONResponse:
+        # The traceback goes to the log (Starlette re-raises to the server); the client gets
+        # JSON like every other error, without internals.
+        return _detail(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            "internal server error: the request may not have completed; the server log has the details",
         )
 
     handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
@@ -155,6 +205,8 @@ def install_error_handlers(app: FastAPI) -> None:
         ModelFormatError: bad_file,
         CorpusError: bad_file,
         EmptyVocabularyError: bad_file,
+        # Any other exception: Starlette runs this one in its outermost middleware.
+        Exception: internal_error,
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)

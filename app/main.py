@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.batching import limit_blas_threads
 from app.deps import require_api_key
@@ -32,7 +32,7 @@ _STREAMED_UPLOADS = [
 DESCRIPTION = """
 Train word2vec (CBOW, negative sampling) embeddings on your corpora and query them.
 
-1. `POST /corpora` a text corpus (one sentence per line; gzip or bzip2 welcome).
+1. `POST /corpora` a UTF-8 text corpus (one sentence per line; gzip, bzip2 or xz welcome).
 2. `POST /train` with its `corpus_id` (or small corpora inline as `text`).
 3. Watch `GET /jobs/{job_id}` (or stream `GET /jobs/{job_id}/events`) until `succeeded`.
 4. Ask `GET /similar?word=...`, `GET /analogy?a=...&b=...&c=...`: the newest model answers unless
@@ -65,6 +65,45 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.close)
 
 
+class HeadAsGet:
+    """HEAD on a GET route answers as GET would, with the same status and headers and no body.
+
+    FastAPI routes match only the methods they declare, and declaring HEAD on each would also
+    list a HEAD operation per route in the OpenAPI document.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        finished = False
+
+        async def receive_until_finished() -> Message:
+            # A stream (Server-Sent Events) learns that its client is gone once the headers went out.
+            if finished:
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        async def headers_only(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body" and not finished:
+                finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive_until_finished, headers_only)
+        finally:
+            # Routing notes the route on the scope it is given; the request metrics read it from this one.
+            if "route" in as_get:
+                scope["route"] = as_get["route"]
+
+
 def _request_limit(scope: Scope) -> int:
     services: Services = scope["app"].state.services
     return services.settings.max_request_bytes
@@ -86,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     # Innermost: one-word /similar queries answered from a neighbour table skip FastAPI's routing.
     app.add_middleware(SimilarFromTable)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
     # Added last, so outermost: it also counts and times what the inner middleware answers (413s).
     app.state.metrics = AppMetrics(lambda: getattr(app.state, "services", None))

@@ -42,7 +42,12 @@ class JsonBody(BaseModel):
     The OpenAPI schema says "integer", and JSON Schema counts 1.0 as one; strict parsing
     (which keeps refusing "100" and true) would call it a float. Converted here, before field
     validation, so the published schema keeps its plain minimum/maximum bounds.
+
+    Python's JSON parser reads `NaN`, `Infinity` and `1e400` as floats that JSON itself cannot
+    carry; a float field refuses them as not finite, naming the field.
     """
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -141,7 +146,12 @@ class CorpusPublic(BaseModel):
     bytes: int = Field(description="Size as stored (compressed if uploaded compressed).")
     lines: int
     text_bytes: int = Field(description="Size of the uncompressed text.")
-    compression: Literal["none", "gzip", "bz2"]
+    compression: Literal["none", "gzip", "bz2", "xz"]
+    invalid_utf8_bytes: int | None = Field(
+        None,
+        description="Bytes of the text that are not valid UTF-8 (training reads each invalid sequence "
+        "as U+FFFD, the replacement character); 0 for clean UTF-8. None: uploaded before this was counted.",
+    )
     filename: str | None = None
     name: str | None = None
     created_at: datetime

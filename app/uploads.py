@@ -15,9 +15,12 @@ from pathlib import Path
 
 import anyio
 from fastapi import HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from app.schemas import Name
 from worker.storage import new_id
 
 MAX_FORM_FIELD_BYTES = 64 * 1024
@@ -33,6 +36,26 @@ class Upload:
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+_NAME = TypeAdapter(Name)
+
+
+def upload_label(query_name: str | None, upload: Upload) -> str | None:
+    """The label from `?name=` or else the form's `name` field, which is held to the same rules.
+
+    A refused form field discards the upload, which nothing else would then remove.
+    """
+    if query_name is not None:
+        return query_name
+    value = upload.fields.get("name")
+    if not value:  # a form's blank input arrives as an empty field: no label
+        return None
+    try:
+        return _NAME.validate_python(value)
+    except ValidationError as exc:
+        upload.discard()
+        raise RequestValidationError([{**e, "loc": ("body", "name")} for e in exc.errors(include_url=False)]) from exc
 
 
 def too_large(limit: int) -> HTTPException:
@@ -171,6 +194,13 @@ async def _receive_multipart(request: Request, path: Path, max_bytes: int, bound
             parser.finalize()
         except MultipartParseError as exc:
             raise _unprocessable(f"malformed multipart body: {exc}") from exc
+    # python-multipart accepts a body that stops before its closing boundary; what arrived of
+    # the file is then an unknown part of it, not the file.
+    if parser.state != MultipartState.END:
+        raise _unprocessable(
+            "the multipart body was cut off: it ends before its closing boundary line, "
+            "so the upload is incomplete; send it again"
+        )
     if not parts.found_file:
         raise _unprocessable(f"multipart body has no field named {field_name!r}")
     return Upload(path=path, size=os.path.getsize(path), filename=parts.filename, fields=parts.fields)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,7 +248,7 @@ def test_checkpoint_is_removed_after_a_finished_run(
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "notes.txt").write_text("mine")
-    argv = _train_argv(small_corpus, tmp_path / "m", "--checkpoint-dir", str(ckpt)) + ["--epochs", "3"]
+    argv = [*_train_argv(small_corpus, tmp_path / "m", "--checkpoint-dir", str(ckpt)), "--epochs", "3"]
     assert main(argv) == 0
     assert not (ckpt / CHECKPOINT_FILE).exists() and (ckpt / "notes.txt").read_text() == "mine"
 

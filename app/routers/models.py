@@ -13,14 +13,16 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from app.auth import Owner
+from app.corpora import open_decompressed
 from app.deps import ModelsDep, OwnerDep, ServicesDep
 from app.modelstore import ModelNotFound
 from app.schemas import EvaluationPublic, ModelPublic, ModelSummary, Name, error_responses
 from app.services import Services
-from app.uploads import Upload, receive_upload
+from app.uploads import Upload, receive_upload, upload_label
 from model import (
     Model,
     ModelFormatError,
+    ParameterError,
     evaluate_analogies,
     evaluate_word_pairs,
     load_word2vec_format,
@@ -42,7 +44,13 @@ _FILE_BODY = {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "text/plain": {"schema": {"type": "string"}},
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "name": {"type": "string", "maxLength": 200, "description": "A label as ?name= (import)."},
+                    },
+                }
             },
         },
     }
@@ -126,13 +134,26 @@ def export_model(
     )
 
 
+# The library's advice names its own keyword; through the API the choice is `format`.
+_LIBRARY_FORMAT_HINT = "pass binary=False/True to force a format"
+_API_FORMAT_HINT = "pass format=word2vec-text or format=word2vec-binary to force a format"
+
+
 def _import(services: Services, upload: Upload, binary: bool | None, name: str | None, owner: Owner) -> dict[str, Any]:
     try:
         vectors = load_word2vec_format(upload.path, binary=binary)
+    except ModelFormatError as exc:
+        message = str(exc)
+        if _LIBRARY_FORMAT_HINT not in message:
+            raise
+        raise ModelFormatError(message.replace(_LIBRARY_FORMAT_HINT, _API_FORMAT_HINT)) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelFormatError(f"not a word2vec file: {exc}") from exc
     finally:
         upload.discard()
+    if len(vectors.words) == 0:
+        # It would become the newest model, the one every query without ?model= asks, and answer nothing.
+        raise ModelFormatError("the file holds no vectors (its header declares 0 words); import one with at least one")
     model_id = new_id()
     meta = {
         "model_id": model_id,
@@ -163,14 +184,18 @@ async def import_model(
     """Add a model from a word2vec text or binary file (optionally gzip/bz2/xz compressed)."""
     upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[format]
-    meta = await run_in_threadpool(_import, services, upload, binary, name or upload.fields.get("name"), owner)
+    label = upload_label(name, upload)
+    meta = await run_in_threadpool(_import, services, upload, binary, label, owner)
     response.headers["Location"] = str(request.url_for("get_model", model_id=meta["model_id"]))
     return ModelSummary.model_validate(_summary_fields(meta))
 
 
 def _sniff_kind(path: Path) -> Literal["analogies", "word_pairs"]:
-    """Analogy files have ': section' lines and four words per line; pair files three fields."""
-    with path.open("rb") as fh:
+    """Analogy files have ': section' lines and four words per line; pair files three fields.
+
+    Read decompressed, as the evaluation itself reads the file (plain, gzip, bzip2 or xz).
+    """
+    with open_decompressed(path) as fh:
         for raw in fh:
             line = raw.decode("utf-8", "replace").strip()
             if not line or line.startswith("#"):
@@ -205,17 +230,26 @@ def _evaluate(
             ).to_dict()
         else:
             delimiter = "\t"
-            with upload.path.open("rb") as fh:
+            with open_decompressed(upload.path) as fh:
                 head = fh.read(4096)
             if b"\t" not in head:
                 delimiter = "," if b"," in head else " "
-            result = evaluate_word_pairs(
-                loaded.model.vectors,
-                upload.path,
-                delimiter=delimiter,
-                restrict_vocab=restrict_vocab,
-                case_insensitive=case_insensitive,
-            ).to_dict()
+            try:
+                result = evaluate_word_pairs(
+                    loaded.model.vectors,
+                    upload.path,
+                    delimiter=delimiter,
+                    restrict_vocab=restrict_vocab,
+                    case_insensitive=case_insensitive,
+                ).to_dict()
+            except ParameterError as exc:
+                vocab_size = len(loaded.model.vectors.words)
+                if restrict_vocab >= vocab_size:
+                    raise  # the whole vocabulary was searched: the file is what falls short
+                detail = str(exc).removeprefix(f"{upload.path}: ")
+                raise ParameterError(
+                    f"restrict_vocab must be larger: {detail} (the model has {vocab_size} words)"
+                ) from exc
     finally:
         upload.discard()
     entry = {"kind": kind, "filename": upload.filename, "created_at": utcnow(), "result": result}

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.auth import Owner, visible
+from app.corpora import corpus_lock
 from app.deps import JobsDep, OwnerDep, ServicesDep
 from app.errors import JobNotFound
 from app.schemas import JobPublic, JobState, TrainAccepted, TrainCreate, error_responses
@@ -151,8 +152,15 @@ def submit_training(
     )
     try:
         # Counting and creating under one lock (shared by every API replica), so concurrent
-        # submissions of one key cannot all see a free slot.
-        with jobs.exclusive(f"admission:{owner}") if cap else contextlib.nullcontext():
+        # submissions of one key cannot all see a free slot. An uploaded corpus is locked first
+        # (DELETE /corpora/{id} looks for its unfinished jobs under the same lock), so it cannot
+        # be deleted between the check that it exists and the job that needs it.
+        with (
+            jobs.exclusive(corpus_lock(corpus["id"])) if body.text is None else contextlib.nullcontext(),
+            jobs.exclusive(f"admission:{owner}") if cap else contextlib.nullcontext(),
+        ):
+            if body.text is None:
+                corpora.get(corpus["id"], owner)
             if cap and _active_jobs(jobs, owner) >= cap:  # type: ignore[arg-type]
                 raise _too_many_jobs(cap)
             jobs.create(rec)

@@ -1,0 +1,434 @@
+"""Bad input at the HTTP layer: each answer is a JSON 4xx that names what to fix, never a 500,
+and nothing half-stored is left behind.
+
+Covers numbers JSON cannot carry, library messages (paths, parameter names, advice in the
+library's terms), uploads that are not what they claim (UTF-16 text, cut-off multipart bodies,
+empty models, bad form labels), a corpus deleted while a job on it is being submitted, and
+HEAD on GET routes.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import json
+import lzma
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+from tests.test_api import MISSING_ID, corpus_upload, make_vectors, put_model, queued_messages
+from worker.storage import StoreLayout
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        store=tmp_path / "store",
+        broker_url=None,
+        max_upload_bytes=3_000_000,
+        max_inline_text_bytes=2_000,
+        max_request_bytes=16_384,
+    )
+
+
+@pytest.fixture
+def model_id(layout: StoreLayout) -> str:
+    return put_model(layout, make_vectors())
+
+
+def strict_json(text: str) -> Any:
+    """Parse as JSON proper, which has no NaN or Infinity."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def only_error(response: Any) -> dict[str, Any]:
+    assert response.headers["content-type"] == "application/json", response.text
+    detail = strict_json(response.text)["detail"]
+    assert isinstance(detail, list) and len(detail) == 1, detail
+    error: dict[str, Any] = detail[0]
+    return error
+
+
+def assert_nothing_stored(client: TestClient, layout: StoreLayout) -> None:
+    assert client.get("/corpora").json() == []
+    assert client.get("/models").json() == []
+    assert list(layout.tmp.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ numbers JSON has not
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/similar/batch", b'{"queries": ["king"], "topn": NaN}', "topn"),
+        ("/similar/batch", b'{"queries": ["king"], "restrict_vocab": Infinity}', "restrict_vocab"),
+        ("/similar/batch", b'{"queries": [NaN]}', "queries"),
+        ("/train", b'{"corpus_id": "CORPUS", "alpha": NaN}', "alpha"),
+        ("/train", b'{"corpus_id": "CORPUS", "alpha": 1e400}', "alpha"),
+        ("/train", b'{"corpus_id": "CORPUS", "sample": -Infinity}', "sample"),
+        ("/train", b'{"corpus_id": "CORPUS", "ns_exponent": NaN}', "ns_exponent"),
+        ("/train", b'{"corpus_id": "CORPUS", "vector_size": -1e999}', "vector_size"),
+    ],
+)
+def test_nan_and_infinity_in_json_bodies_are_422_naming_the_field(
+    client: TestClient, model_id: str, path: str, body: bytes, field: str
+) -> None:
+    corpus = corpus_upload(client, b"a b c\n")
+    r = client.post(path, content=body.replace(b"CORPUS", corpus["id"].encode()), headers=JSON)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/json"
+    errors = strict_json(r.text)["detail"]
+    assert errors and all(e["loc"][:2] == ["body", field] for e in errors), errors
+    assert client.get("/jobs").json() == []
+
+
+def test_an_unexpected_exception_is_a_json_500(settings: Settings, layout: StoreLayout, monkeypatch: Any) -> None:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+
+        def broken(*_: Any, **__: Any) -> None:
+            raise RuntimeError("/secret/internal/path exploded")
+
+        monkeypatch.setattr(c.app.state.services.corpora, "list", broken)  # type: ignore[attr-defined]
+        r = c.get("/corpora")
+        assert r.status_code == 500
+        assert r.headers["content-type"] == "application/json"
+        assert "internal server error" in r.json()["detail"]
+        assert "secret" not in r.text and "Traceback" not in r.text
+
+
+# ------------------------------------------------------------------------------------ library messages
+
+
+def test_evaluation_errors_name_the_parameter_and_no_server_path(
+    client: TestClient, layout: StoreLayout, model_id: str
+) -> None:
+    pairs = b"king\tqueen\t9.0\nman\twoman\t8.0\nking\tapple\t1.0\n"
+    r = client.post(f"/models/{model_id}/evaluate", params={"restrict_vocab": 1, "kind": "word_pairs"}, content=pairs)
+    assert r.status_code == 422
+    error = only_error(r)
+    assert error["loc"] == ["query", "restrict_vocab"]
+    assert error["msg"].startswith("restrict_vocab must be larger: only 0 of 3 pairs")
+    assert "305 words" in error["msg"]
+    assert str(layout.root) not in r.text and "/tmp" not in r.text and ".part" not in r.text
+    # With the whole vocabulary searched, the file is what falls short.
+    few = b"king\tqueen\t9.0\nzzz\tyyy\t8.0\nxxx\tqueen\t1.0\n"
+    r = client.post(f"/models/{model_id}/evaluate", params={"kind": "word_pairs"}, content=few)
+    assert r.status_code == 422
+    error = only_error(r)
+    assert error["loc"] == ["body"]
+    assert error["msg"].startswith("the uploaded file: only 1 of 3 pairs")
+    assert str(layout.root) not in r.text and ".part" not in r.text
+    assert client.get(f"/models/{model_id}").json()["evaluations"] == []
+    assert list(layout.tmp.iterdir()) == []
+
+
+def test_import_format_advice_names_the_api_parameter(client: TestClient, layout: StoreLayout) -> None:
+    # Line 2 is not a text record, so the file is read as binary, and fails as that too.
+    r = client.post("/models/import", content=b"1 3\nfoo 1 0\n")
+    assert r.status_code == 422
+    msg = only_error(r)["msg"]
+    assert "pass format=word2vec-text or format=word2vec-binary to force a format" in msg
+    assert "binary=" not in msg
+    assert_nothing_stored(client, layout)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b'{"text": "a b c"}'),
+        ("application/x-www-form-urlencoded", b"text=a+b+c"),
+        (None, b'{"text": "a b c"}'),
+    ],
+)
+def test_a_json_body_sent_as_something_else_says_which_content_type(
+    client: TestClient, content_type: str | None, body: bytes
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = client.post("/train", content=body, headers=headers)
+    assert r.status_code == 422
+    error = only_error(r)
+    assert error["loc"] == ["body"]
+    assert "send JSON with Content-Type: application/json" in error["msg"]
+    if content_type:
+        assert f"(got {content_type})" in error["msg"]
+    # A JSON body of the wrong shape is still described as such, without the Content-Type advice.
+    r = client.post("/train", content=b'["a b c"]', headers=JSON)
+    assert r.status_code == 422 and only_error(r)["msg"] == "the body must be a JSON object"
+    assert client.get("/corpora").json() == []
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gzip", "bz2", "xz"])
+def test_compressed_evaluation_files_are_read_like_plain_ones(client: TestClient, model_id: str, compress: Any) -> None:
+    analogies = b": planted\nman king woman queen\nman king woman apple\n"
+    pairs = b"king,queen,9.0\nman,woman,8.0\nking,apple,1.0\n"
+    for content, kind in ((analogies, "analogies"), (pairs, "word_pairs")):
+        plain = client.post(f"/models/{model_id}/evaluate", content=content)
+        # The kind and the delimiter are told from the decompressed text, as from a plain file.
+        packed = client.post(f"/models/{model_id}/evaluate", content=compress(content))
+        assert plain.status_code == packed.status_code == 200, packed.text
+        assert packed.json()["kind"] == kind
+        assert packed.json()["result"] == plain.json()["result"]
+
+
+# ------------------------------------------------------------------------------------ uploads
+
+
+def test_importing_a_file_without_vectors_is_422_and_keeps_the_default_model(
+    client: TestClient, layout: StoreLayout, model_id: str
+) -> None:
+    for body in (b"0 5\n", gzip.compress(b"0 5\n")):
+        r = client.post("/models/import", content=body)
+        assert r.status_code == 422
+        assert "the file holds no vectors" in only_error(r)["msg"]
+    assert [m["model_id"] for m in client.get("/models").json()] == [model_id]
+    assert client.get("/similar", params={"word": "king"}).status_code == 200
+    assert queued_messages(layout) == []
+    assert list(layout.tmp.iterdir()) == []
+
+
+BAD_NAMES = ["x\x01y", "tab\there", "new\nline", "del\x7f", "n" * 201]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_form_name_gets_the_checks_of_the_query_name(client: TestClient, layout: StoreLayout, name: str) -> None:
+    for path, file in (("/corpora", b"a b c\n"), ("/models/import", b"1 2\nw 1 0\n")):
+        r = client.post(path, params={"name": name}, files={"file": ("f.txt", file)})
+        assert r.status_code == 422
+        assert only_error(r)["loc"] == ["query", "name"]
+        r = client.post(path, files={"file": ("f.txt", file)}, data={"name": name})
+        assert r.status_code == 422, r.text
+        error = only_error(r)
+        assert error["loc"] == ["body", "name"]
+        assert error["msg"].startswith("String should")
+    assert_nothing_stored(client, layout)
+
+
+def test_a_blank_form_name_is_no_name(client: TestClient) -> None:
+    r = client.post("/corpora", files={"file": ("f.txt", b"a b\n")}, data={"name": ""})
+    assert r.status_code == 201 and r.json()["name"] is None
+    r = client.post("/models/import", files={"file": ("f.txt", b"1 2\nw 1 0\n")}, data={"name": "ok name"})
+    assert r.status_code == 201 and r.json()["name"] == "ok name"
+
+
+TEXT = "the quick brown fox\njumps over the lazy dog\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "advice"),
+    [
+        (TEXT.encode("utf-16"), "iconv -f UTF-16 -t UTF-8"),  # with a byte order mark
+        (TEXT.encode("utf-16-be"), "iconv -f UTF-16"),  # without one: NUL bytes
+        (b"\xfe\xff" + TEXT.encode("utf-16-be"), "iconv -f UTF-16 -t UTF-8"),
+        (TEXT.encode("utf-32"), "iconv -f UTF-32 -t UTF-8"),
+        (gzip.compress(TEXT.encode("utf-16")), "iconv -f UTF-16 -t UTF-8"),
+        (bz2.compress(TEXT.encode("utf-16-le")), "iconv -f UTF-16"),
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + b"\x00" * 20, "zip"),
+    ],
+    ids=["utf16-bom", "utf16be-no-bom", "utf16be-bom", "utf32", "gzip-utf16", "bz2-utf16le-no-bom", "zip"],
+)
+def test_a_corpus_that_is_not_utf8_text_is_422_saying_how_to_convert(
+    client: TestClient, layout: StoreLayout, data: bytes, advice: str
+) -> None:
+    for send in (
+        lambda: client.post("/corpora", content=data, headers={"Content-Type": "text/plain"}),
+        lambda: client.post("/corpora", files={"file": ("corpus.txt", data)}),
+    ):
+        r = send()
+        assert r.status_code == 422, r.text
+        error = only_error(r)
+        assert error["loc"] == ["body"]
+        assert "the corpus must be UTF-8 text" in error["msg"] and advice in error["msg"]
+    assert_nothing_stored(client, layout)
+
+
+def test_an_xz_corpus_is_taken_as_compressed_text(client: TestClient, layout: StoreLayout) -> None:
+    text = TEXT.encode() * 50
+    body = corpus_upload(client, lzma.compress(text))
+    assert (body["compression"], body["lines"], body["text_bytes"]) == ("xz", 100, len(text))
+    assert (layout.corpora / f"{body['id']}.txt.xz").exists()
+    r = client.post("/corpora", content=b"\xfd7zXZ\x00 but not xz data", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422 and "xz data but does not decompress" in only_error(r)["msg"]
+
+
+def test_invalid_utf8_bytes_are_counted_not_refused(client: TestClient) -> None:
+    # é in Latin-1 (1 byte), a UTF-8-encoded surrogate (3 bytes), a lone continuation byte (1).
+    body = corpus_upload(client, b"caf\xe9 na\xc3\xafve\n\xed\xa0\x80 ok \x80\n")
+    assert (body["lines"], body["invalid_utf8_bytes"]) == (2, 5)
+    assert corpus_upload(client, TEXT.encode())["invalid_utf8_bytes"] == 0
+    assert corpus_upload(client, bz2.compress(b"\xef\xbf\xbd is U+FFFD itself\n"))["invalid_utf8_bytes"] == 0
+    # A character split across the 1 MiB blocks the upload is read in is still valid; a
+    # truncated one at the very end is not.
+    edge = b"a" * ((1 << 20) - 1) + "é\n".encode()
+    assert corpus_upload(client, gzip.compress(edge))["invalid_utf8_bytes"] == 0
+    assert corpus_upload(client, b"a b\n\xc3")["invalid_utf8_bytes"] == 1
+    assert client.get(f"/corpora/{body['id']}").json()["invalid_utf8_bytes"] == 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nhello',
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nhello\r\n--xyz',
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nhello\r\n--xyz\r\n',
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n',
+        b"--xyz\r\n",
+        b"",
+    ],
+    ids=["in-data", "in-boundary", "after-boundary", "in-headers", "after-first-boundary", "empty"],
+)
+def test_a_multipart_body_cut_off_before_its_end_is_refused(
+    client: TestClient, layout: StoreLayout, body: bytes
+) -> None:
+    for path in ("/corpora", "/models/import"):
+        r = client.post(path, content=body, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+        assert r.status_code == 422, (path, r.text)
+        assert "cut off" in only_error(r)["msg"]
+    assert_nothing_stored(client, layout)
+    complete = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nhello\r\n--xyz--\r\n'
+    r = client.post("/corpora", content=complete, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 201 and r.json()["text_bytes"] == 5
+
+
+# ------------------------------------------------------------------------------------ submit against delete
+
+
+class Interleaving:
+    """Makes one request stop at a chosen step until the other request has got as far as it can.
+
+    `pause_at` wraps a method so that its first call waits until `proceed` is set; every call
+    of the job store's `exclusive` with the corpus lock's name while one is paused sets it,
+    because from there the other request can only wait for the lock (a fixed API) or has
+    already done its check (without the lock), either way without help from the paused one.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, jobs: Any, lock_name: str) -> None:
+        self.paused = threading.Event()
+        self.proceed = threading.Event()
+        real_exclusive = jobs.exclusive
+
+        @contextlib.contextmanager
+        def exclusive(name: str, timeout_s: float = 10.0) -> Iterator[None]:
+            if name == lock_name and self.paused.is_set():
+                self.proceed.set()
+            with real_exclusive(name, timeout_s):
+                yield
+
+        monkeypatch.setattr(jobs, "exclusive", exclusive)
+
+    def pause_at(self, monkeypatch: pytest.MonkeyPatch, owner: Any, method: str) -> None:
+        real = getattr(owner, method)
+
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            if not self.paused.is_set():
+                self.paused.set()
+                assert self.proceed.wait(30), "the other request never came"
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, method, paused)
+
+    def run(self, first: Any, second: Any) -> tuple[int, int]:
+        """Start `first`; once it is paused, run `second`; the two status codes."""
+        codes: dict[str, int] = {}
+
+        def call(key: str, request: Any) -> None:
+            try:
+                codes[key] = request().status_code
+            finally:
+                if key == "second":
+                    self.proceed.set()  # finished: nothing more to wait for
+
+        a = threading.Thread(target=call, args=("first", first))
+        a.start()
+        assert self.paused.wait(30)
+        b = threading.Thread(target=call, args=("second", second))
+        b.start()
+        a.join(30)
+        b.join(30)
+        return codes["first"], codes["second"]
+
+
+def test_a_corpus_cannot_be_deleted_between_the_check_and_the_job_that_needs_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = corpus_upload(client, b"a b c\n")
+    services = client.app.state.services  # type: ignore[attr-defined]
+    race = Interleaving(monkeypatch, services.jobs, f"corpus:{corpus['id']}")
+    # The submission has checked that the corpus exists and is about to create its job.
+    race.pause_at(monkeypatch, services.jobs, "create")
+    submitted, deleted = race.run(
+        lambda: client.post("/train", json={"corpus_id": corpus["id"]}),
+        lambda: client.delete(f"/corpora/{corpus['id']}"),
+    )
+    assert (submitted, deleted) == (202, 409)
+    assert client.get(f"/corpora/{corpus['id']}").status_code == 200
+    assert [j["state"] for j in client.get("/jobs").json()] == ["queued"]
+
+
+def test_a_job_cannot_be_submitted_on_a_corpus_being_deleted(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = corpus_upload(client, b"a b c\n")
+    services = client.app.state.services  # type: ignore[attr-defined]
+    race = Interleaving(monkeypatch, services.jobs, f"corpus:{corpus['id']}")
+    # The deletion has found no unfinished job on the corpus and is about to delete it.
+    race.pause_at(monkeypatch, services.corpora, "delete")
+    deleted, submitted = race.run(
+        lambda: client.delete(f"/corpora/{corpus['id']}"),
+        lambda: client.post("/train", json={"corpus_id": corpus["id"]}),
+    )
+    assert (deleted, submitted) == (204, 404)
+    assert client.get("/jobs").json() == []
+    assert client.get("/corpora").json() == []
+
+
+# ------------------------------------------------------------------------------------ HEAD
+
+
+def test_head_answers_wherever_get_does(client: TestClient, layout: StoreLayout, model_id: str) -> None:
+    for path, params in [
+        ("/healthz", {}),
+        ("/models", {}),
+        (f"/models/{model_id}", {}),
+        ("/similar", {"word": "king"}),
+        (f"/models/{model_id}/export", {"format": "word2vec-text"}),
+        ("/", {}),
+    ]:
+        got, head = client.get(path, params=params), client.head(path, params=params)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers.get("content-length") == got.headers.get("content-length"), path
+    assert client.head(f"/models/{MISSING_ID}").status_code == 404
+    assert list(layout.tmp.iterdir()) == []  # the export's temporary file went as after a GET
+    # A stream answers with its headers and ends.
+    job = client.post("/train", json={"text": "a b c"}).json()
+    r = client.head(f"/jobs/{job['job_id']}/events")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream") and r.content == b""
+    # HEAD is not a method of its own for POST-only paths, and 405s list it next to GET.
+    assert client.head("/train").status_code == 405
+    r = client.delete("/models")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert client.post("/models").headers["allow"] == "GET, HEAD"
+    # Counted as HEAD requests of the route that answered them.
+    metrics = client.get("/metrics").text
+    assert 'w2v_http_requests_total{method="HEAD",route="/models/{model_id}",status="200"} 1.0' in metrics
+
+
+JSON = {"Content-Type": "application/json"}
