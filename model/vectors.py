@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,8 +35,9 @@ logger = logging.getLogger(__name__)
 FloatArray: TypeAlias = npt.NDArray[np.float32]
 IntArray: TypeAlias = npt.NDArray[np.intp]
 
-#: One query term: a vocabulary word or a raw vector of length `vector_size`.
-Term: TypeAlias = str | np.ndarray
+#: One query term: a vocabulary word or a raw vector of length `vector_size`, alone (weight 1)
+#: or as a `(term, weight)` pair, as gensim accepts in `most_similar`.
+Term: TypeAlias = str | np.ndarray | tuple[str | np.ndarray, float]
 #: One term, several terms, or nothing; a 2-D array counts as one raw vector per row (as in gensim).
 Terms: TypeAlias = Term | Sequence[Term] | None
 #: A batch query: positive terms alone, a `(positive, negative)` pair, or a mapping with those keys.
@@ -137,7 +139,9 @@ def _as_terms(terms: Terms) -> list[Term]:
         if terms.ndim == 2:
             return list(terms)
         raise ParameterError(f"a query vector must be 1-D (or 2-D for several), got {terms.ndim}-D")
-    return list(terms)
+    if isinstance(terms, tuple) and len(terms) == 2 and _is_weight(terms[1]):
+        return [terms]  # type: ignore[list-item]  # one (term, weight) pair
+    return list(terms)  # type: ignore[arg-type]
 
 
 def _split_query(query: Query) -> tuple[Terms, Terms]:
@@ -152,9 +156,14 @@ def _split_query(query: Query) -> tuple[Terms, Terms]:
         isinstance(query, tuple | list)
         and len(query) == 2
         and not all(isinstance(item, str | np.ndarray) for item in query)
+        and not _is_weight(query[1])  # ("king", 2.0) is one weighted term
     ):
-        return query[0], query[1]
+        return query[0], query[1]  # type: ignore[return-value]
     return query, None  # type: ignore[return-value]
+
+
+def _is_weight(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 @dataclass
@@ -164,6 +173,7 @@ class _Parsed:
     positive: list[FloatArray]
     negative: list[FloatArray]
     excluded: set[int]
+    weighted: bool = False  # some term came with a weight: its vector is weight x the unit vector
 
 
 def _top_k(scores: FloatArray, k: int) -> IntArray:
@@ -316,8 +326,62 @@ class Vectors:
         view.flags.writeable = False
         return view
 
-    def __getitem__(self, word: str) -> FloatArray:
-        return self.get_vector(word)
+    def __getitem__(self, words: str | Sequence[str]) -> FloatArray:
+        """One word's vector, or a matrix with one row per word of a list (as gensim)."""
+        if isinstance(words, str):
+            return self.get_vector(words)
+        missing = [w for w in words if w not in self.key_to_index]
+        if missing:
+            raise UnknownWordError(missing)
+        return np.vstack([self.get_vector(w) for w in words]) if words else np.zeros((0, self.vector_size), np.float32)
+
+    # ------------------------------------------------------------------ gensim KeyedVectors names
+
+    @property
+    def index_to_key(self) -> list[str]:
+        """The words by row, most frequent first: gensim's name for `words`."""
+        return self.words
+
+    def get_index(self, word: str, default: int | None = None) -> int:
+        """The word's row; `default` if it is unknown and one is given, else UnknownWordError."""
+        row = self.key_to_index.get(word)
+        if row is not None:
+            return row
+        if default is not None:
+            return default
+        raise UnknownWordError([word])
+
+    def has_index_for(self, word: str) -> bool:
+        return word in self.key_to_index
+
+    def similar_by_word(self, word: str, topn: int = 10, restrict_vocab: int | None = None) -> list[tuple[str, float]]:
+        return self.most_similar(word, topn=topn, restrict_vocab=restrict_vocab)
+
+    similar_by_key = similar_by_word
+
+    def similar_by_vector(
+        self, vector: npt.ArrayLike, topn: int = 10, restrict_vocab: int | None = None
+    ) -> list[tuple[str, float]]:
+        """Words closest to a raw vector (no word is excluded, as gensim)."""
+        return self.most_similar(positive=[np.asarray(vector)], topn=topn, restrict_vocab=restrict_vocab)
+
+    def distances(self, word_or_vector: str | npt.ArrayLike, other_words: Sequence[str] = ()) -> FloatArray:
+        """Cosine distances (1 - similarity) from a word or vector to `other_words`, or to every
+        word when none are given, in gensim's float32 arithmetic (so ties fall alike)."""
+        v = self.get_vector(word_or_vector) if isinstance(word_or_vector, str) else np.asarray(word_or_vector)
+        others = self.vectors if not other_words else self.vectors[[self.get_index(w) for w in other_words]]
+        sims = others @ v / (np.linalg.norm(v) * np.linalg.norm(others, axis=1))
+        return np.asarray(1 - sims)
+
+    def closer_than(self, w1: str, w2: str) -> list[str]:
+        """Words closer to `w1` than `w2` is, most frequent first (`w1` itself left out)."""
+        dists = self.distances(w1)
+        own = self.get_index(w1)
+        return [self.words[i] for i in np.flatnonzero(dists < dists[self.get_index(w2)]) if i != own]
+
+    def rank(self, w1: str, w2: str) -> int:
+        """1 + how many words are closer to `w1` than `w2` is."""
+        return len(self.closer_than(w1, w2)) + 1
 
     @property
     def unit_vectors(self) -> FloatArray:
@@ -485,8 +549,16 @@ class Vectors:
         report all of them at once."""
         sides: list[list[FloatArray]] = [[], []]
         excluded: set[int] = set()
+        weighted = False
         for side, terms in zip(sides, (positive, negative), strict=True):
-            for term in _as_terms(terms):
+            for item in _as_terms(terms):
+                term, weight = item, None
+                if isinstance(item, tuple) and len(item) == 2 and _is_weight(item[1]):
+                    term, weight = item
+                    if not math.isfinite(weight):
+                        raise ParameterError(f"a term's weight must be a finite number, got {weight!r}")
+                    weighted = True
+                start = len(side)
                 if isinstance(term, str):
                     i = self.key_to_index.get(term)
                     if i is None:
@@ -499,8 +571,16 @@ class Vectors:
                         raise ParameterError(f"query vector has shape {term.shape}, expected ({self.vector_size},)")
                     side.append(term.astype(np.float32, copy=False))
                 else:
-                    raise ParameterError(f"query terms must be words or vectors, got {type(term).__name__}")
-        return _Parsed(sides[0], sides[1], excluded)
+                    raise ParameterError(
+                        f"query terms must be words, vectors or (word or vector, weight) pairs, got {item!r:.80}"
+                    )
+                if weight is not None and len(side) > start:
+                    # In float64, rounded once when added up, as gensim's get_mean_vector does.
+                    # A negative term's weight is its signed share, as in gensim: ("w", 0.5) in
+                    # `negative` adds half of w, ("w", -0.5) subtracts it; the side subtracts.
+                    signed = weight if side is sides[0] else -weight
+                    side[-1] = np.float64(signed) * side[-1]  # type: ignore[assignment]
+        return _Parsed(sides[0], sides[1], excluded, weighted)
 
     def _mean_directions(self, queries: list[_Parsed]) -> FloatArray:
         """gensim's `get_mean_vector(..., pre_normalize=True, post_normalize=True)` per query:
@@ -544,6 +624,8 @@ class Vectors:
         if unknown:
             raise UnknownWordError(unknown)
         for query in parsed:
+            if query.weighted and method == "mul":
+                raise ParameterError("term weights apply to most_similar (3CosAdd) only, not to 3CosMul")
             if not query.positive and (method == "mul" or not query.negative):
                 raise ParameterError(
                     "a query needs at least one positive term"

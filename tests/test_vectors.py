@@ -446,3 +446,67 @@ def test_non_finite_vectors_are_a_format_error_naming_the_word(bad: float) -> No
     vecs = Vectors([f"w{i}" for i in range(len(arr))], arr)
     with pytest.raises(ModelFormatError, match=r"'w20000'.*NaN or infinity"):
         vecs.most_similar("w1")
+
+
+# ---------------------------------------------------------------------- gensim's other names
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"positive": [("w1", 2.0), ("w2", 0.5)]}, id="weighted-positives"),
+        pytest.param({"positive": [("w10", 1.5), "w20"], "negative": [("w30", 0.25)]}, id="weighted-negative"),
+        pytest.param({"positive": [("w4", -1.0), ("w5", 3)]}, id="negative-weight"),
+    ],
+)
+def test_weighted_terms_match_gensim(store, search_path, kwargs) -> None:
+    ours, kv, arr = store
+    assert_same_hits(ours.most_similar(**kwargs), kv.most_similar(**kwargs))
+    raw = [(arr[7], 2.0), "w8"]
+    assert_same_hits(ours.most_similar(positive=raw), kv.most_similar(positive=raw))
+
+
+def test_a_lone_weighted_term_and_batches_take_weights(store) -> None:
+    ours, _, _ = store
+    expected = ours.most_similar(positive=[("w1", 2.0)], negative=["w2"])
+    assert ours.most_similar(positive=("w1", 2.0), negative="w2") == expected
+    assert ours.most_similar_batch([([("w1", 2.0)], ["w2"]), ("w1", 2.0)])[0] == expected
+    assert ours.most_similar_batch([("w1", 2.0)])[0] == ours.most_similar("w1")  # w1 alone, scaled
+    with pytest.raises(ParameterError, match="3CosAdd"):
+        ours.most_similar_cosmul(positive=[("w1", 2.0)])
+    with pytest.raises(ParameterError, match="finite"):
+        ours.most_similar(positive=[("w1", float("nan"))])
+
+
+def test_similar_by_word_and_by_vector_match_gensim(store) -> None:
+    ours, kv, arr = store
+    assert_same_hits(ours.similar_by_word("w3", topn=7), kv.similar_by_word("w3", topn=7))
+    assert_same_hits(ours.similar_by_key("w3", restrict_vocab=500), kv.similar_by_key("w3", restrict_vocab=500))
+    assert_same_hits(ours.similar_by_vector(arr[11] * 3, topn=5), kv.similar_by_vector(arr[11] * 3, topn=5))
+    assert ours.similar_by_vector(list(arr[11]))[0][0] == "w11"  # any array-like, the word itself kept
+
+
+def test_distances_closer_than_and_rank_match_gensim(store) -> None:
+    ours, kv, arr = store
+    np.testing.assert_array_equal(ours.distances("w5"), kv.distances("w5"))
+    np.testing.assert_array_equal(ours.distances(arr[5], ["w1", "w9"]), kv.distances(arr[5], ["w1", "w9"]))
+    near = ours.most_similar("w5", topn=30)[29][0]
+    assert ours.closer_than("w5", near) == kv.closer_than("w5", near)
+    assert len(ours.closer_than("w5", near)) == 29
+    for other in (near, "w1", "w19999"):
+        assert ours.rank("w5", other) == kv.rank("w5", other)
+    with pytest.raises(UnknownWordError):
+        ours.rank("w5", "nosuch")
+
+
+def test_index_names_and_lists_of_words(store) -> None:
+    ours, kv, _ = store
+    assert ours.index_to_key == kv.index_to_key
+    assert ours.get_index("w17") == kv.get_index("w17") == 17
+    assert ours.get_index("nosuch", -1) == -1 and ours.has_index_for("w1") and not ours.has_index_for("x")
+    with pytest.raises(UnknownWordError):
+        ours.get_index("nosuch")
+    np.testing.assert_array_equal(ours[["w3", "w1"]], kv[["w3", "w1"]])
+    assert ours[[]].shape == (0, DIM)
+    with pytest.raises(UnknownWordError, match="'nosuch'"):
+        ours[["w1", "nosuch"]]
