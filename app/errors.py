@@ -138,7 +138,8 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
 def install_error_handlers(app: FastAPI) -> None:
     async def unknown_word(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, UnknownWordError)
-        return _detail(status.HTTP_404_NOT_FOUND, str(exc), unknown_words=exc.words)
+        extra = {"suggestions": exc.suggestions} if exc.suggestions else {}
+        return _detail(status.HTTP_404_NOT_FOUND, str(exc), unknown_words=exc.words, **extra)
 
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return _detail(status.HTTP_404_NOT_FOUND, str(exc))

@@ -255,6 +255,9 @@ class ErrorPublic(BaseModel):
 
     detail: str | list[dict[str, Any]]
     unknown_words: list[str] | None = Field(None, description="With a 404 for words not in the vocabulary.")
+    suggestions: dict[str, str] | None = Field(
+        None, description="With such a 404: unknown words whose other casing is in the vocabulary, and that casing."
+    )
 
 
 _ERRORS = {

@@ -7,11 +7,12 @@ stderr and a non-zero status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -99,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar()
     start = time.perf_counter()
     try:
-        model = train(args.corpus, cfg, progress=bar, checkpoint_dir=args.checkpoint_dir)
+        corpus = _stdin_sentences() if args.corpus == "-" else args.corpus
+        model = train(corpus, cfg, progress=bar, checkpoint_dir=args.checkpoint_dir)
     finally:
         if bar is not None:
             bar.close()
@@ -127,6 +129,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if failed is not None:
         raise CLIError(f"{failed} (the model is saved without it)")
     return 0
+
+
+def _stdin_sentences() -> Iterator[list[str]]:
+    """`w2v train -`: the corpus piped in, read as a file would be (UTF-8, bad bytes as U+FFFD)."""
+    for line in io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline=None):
+        yield line.split()
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -257,7 +265,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = TrainConfig()
     p = sub.add_parser("train", help="train a model on a text corpus (one sentence per line)")
-    p.add_argument("corpus", help="text file, one sentence per line; gzip, bzip2 or xz compressed too")
+    p.add_argument(
+        "corpus", help="text file, one sentence per line; gzip, bzip2 or xz compressed too; - reads standard input"
+    )
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--vector-size", type=int, default=d.vector_size)
     p.add_argument("--window", type=int, default=d.window)

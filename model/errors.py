@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 
 class W2VError(Exception):
@@ -38,11 +38,28 @@ class TrainingCancelled(W2VError):
 
 
 class UnknownWordError(W2VError, KeyError):
-    """One or more query words are not in the vocabulary."""
+    """One or more query words are not in the vocabulary.
 
-    def __init__(self, words: Iterable[str]):
+    Given the vocabulary (`known`), a word whose other casing is in it is suggested: the usual
+    miss is "Paris" asked of a model trained lower-cased.
+    """
+
+    def __init__(self, words: Iterable[str], known: Container[str] | None = None):
         self.words = list(dict.fromkeys(words))
-        super().__init__(f"not in vocabulary: {', '.join(repr(w) for w in self.words)}")
+        self.suggestions: dict[str, str] = {}
+        if known is not None:
+            for word in self.words:
+                if not isinstance(word, str):
+                    continue
+                other = next(
+                    (v for v in (word.lower(), word.capitalize(), word.upper()) if v != word and v in known), None
+                )
+                if other is not None:
+                    self.suggestions[word] = other
+        message = f"not in vocabulary: {', '.join(repr(w) for w in self.words)}"
+        if self.suggestions:
+            message += f" (did you mean {', '.join(repr(v) for v in self.suggestions.values())}?)"
+        super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
         return str(self.args[0])

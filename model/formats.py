@@ -21,6 +21,7 @@ from typing import IO, TypeAlias, cast
 import numpy as np
 
 from model.atomic import atomic_file
+from model.corpus import compression_of, open_bytes
 from model.errors import ModelFormatError
 from model.vectors import Vectors
 
@@ -41,7 +42,6 @@ _MAX_WORD_BYTES = 1 << 16
 _FLOAT_FORMAT = "%.9g"
 
 _COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
-_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 
 
 # ---------------------------------------------------------------------------- writing
@@ -119,12 +119,13 @@ def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vecto
     as a word followed by exactly the declared number of numbers. Pass `binary` explicitly
     when it is known; detection is a heuristic, although a binary file passes as text only
     with vanishing probability. Any malformation raises `ModelFormatError` naming the line
-    (text) or record and byte offset (binary).
+    (text) or record and byte offset (binary). Text whose first line is a record rather than a
+    "<words> <dimensions>" header (GloVe's files) is read too, as gensim's `no_header=True` does.
     """
     path = Path(path)
-    kind = _sniff_compression(path)
+    kind = compression_of(path)  # by magic bytes, so a misnamed file still loads
     size = None if kind else path.stat().st_size
-    with _open_for_reading(path, kind) as stream:
+    with open_bytes(path, what="vectors") if kind else open(path, "rb", buffering=_READ_CHUNK) as stream:
         try:
             return _read(stream, path, binary, size)
         except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
@@ -135,28 +136,15 @@ def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vecto
             raise ModelFormatError(f"{path}: corrupt {kind} data ({exc})") from exc
 
 
-def _open_for_reading(path: Path, kind: str | None) -> IO[bytes]:
-    if kind == "gzip":
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    if kind == "bz2":
-        return cast(IO[bytes], bz2.open(path, "rb"))
-    if kind == "xz":
-        return cast(IO[bytes], lzma.open(path, "rb"))
-    return open(path, "rb", buffering=_READ_CHUNK)
-
-
-def _sniff_compression(path: Path) -> str | None:
-    """Detect compression from magic bytes, so a misnamed file still loads."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    for prefix, kind in _MAGIC:
-        if magic.startswith(prefix):
-            return kind
-    return None
-
-
 def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) -> Vectors:
     header = stream.readline(_MAX_HEADER)
+    if not binary and _is_headerless_text(header):
+        # GloVe's files: word2vec text without the "<words> <dimensions>" line.
+        try:
+            words, out = _read_headerless(header, stream)
+        except _RecordError as exc:
+            raise ModelFormatError(f"{path}: {exc} (read as text without a header line, as GloVe writes it)") from None
+        return _checked_vectors(path, words, out)
     n, d = _parse_header(header, path)
     if size is not None:
         # Cheapest possible record: 1-byte word, d single-digit values, separators. Checking
@@ -193,6 +181,10 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) 
         words = _read_binary(first, stream, out, len(header)) if binary else _read_text(first, stream, out)
     except _RecordError as exc:
         raise ModelFormatError(f"{path}: {exc}{detection_note}") from None
+    return _checked_vectors(path, words, out)
+
+
+def _checked_vectors(path: Path, words: list[str], out: np.ndarray) -> Vectors:
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if len(bad):
         # A diverged training run writes these; no similarity can be computed from them.
@@ -200,6 +192,37 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) 
             f"{path}: the vector of {words[bad[0]]!r} holds NaN or infinity ({len(bad)} such word(s))"
         )
     return Vectors(words, out)
+
+
+def _is_headerless_text(first: bytes) -> bool:
+    """A first line that is a text record (a word, then numbers) rather than a header: a word2vec
+    header is two integers, so a line of three or more fields, or of a word and one number
+    that is not an integer pair, cannot be one."""
+    fields = first.split()
+    if len(fields) < 2 or not first.endswith(b"\n"):
+        return False
+    if len(fields) == 2 and all(f.isdigit() for f in fields):
+        return False
+    return all(_is_float(f) for f in fields[1:])
+
+
+def _read_headerless(first: bytes, stream: IO[bytes]) -> tuple[list[str], np.ndarray]:
+    d = len(first.split()) - 1
+    out = np.empty((1024, d), dtype=np.float32)
+    words: list[str] = []
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(itertools.chain([first], stream), start=1):
+        if not line.strip():
+            continue
+        word, values = _parse_text_record(line, d, line_no)
+        if word in seen:
+            raise _RecordError(f"line {line_no}: duplicate word {word!r} (first on line {seen[word]})")
+        seen[word] = line_no
+        if len(words) == len(out):
+            out = np.concatenate([out, np.empty_like(out)])  # doubling: amortised O(1) per row
+        out[len(words)] = values
+        words.append(word)
+    return words, out[: len(words)].copy()
 
 
 def _parse_header(header: bytes, path: Path) -> tuple[int, int]:

@@ -270,14 +270,15 @@ def train(
 
     encoded = encode(corpus, lowercase=cfg.lowercase, workers=threads)
     vocab, source_ids = build_vocab(encoded, min_count=cfg.min_count, max_vocab=cfg.max_vocab)
-    tc = apply_vocab(encoded, source_ids)
     corpus_stats = {
         "raw_words": encoded.n_words,
         "sentences": int(encoded.lengths.size),
         "lines": encoded.n_lines,
         "distinct_words": len(encoded.words),
-        "vocab_words": tc.n_words,
     }
+    # In place: the corpus is never held twice (its token array becomes the training one).
+    tc = apply_vocab(encoded, source_ids, in_place=True)
+    corpus_stats["vocab_words"] = tc.n_words
     del encoded, source_ids
     corpus_seconds = time.perf_counter() - t0
     log.info(

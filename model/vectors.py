@@ -313,7 +313,7 @@ class Vectors:
         try:
             return self.key_to_index[word]
         except KeyError:
-            raise UnknownWordError([word]) from None
+            raise UnknownWordError([word], self.key_to_index) from None
 
     def get_vector(self, word: str, norm: bool = False) -> FloatArray:
         """The word's vector, read-only so callers cannot silently invalidate the unit cache."""
@@ -332,7 +332,7 @@ class Vectors:
             return self.get_vector(words)
         missing = [w for w in words if w not in self.key_to_index]
         if missing:
-            raise UnknownWordError(missing)
+            raise UnknownWordError(missing, self.key_to_index)
         return np.vstack([self.get_vector(w) for w in words]) if words else np.zeros((0, self.vector_size), np.float32)
 
     # ------------------------------------------------------------------ gensim KeyedVectors names
@@ -349,7 +349,7 @@ class Vectors:
             return row
         if default is not None:
             return default
-        raise UnknownWordError([word])
+        raise UnknownWordError([word], self.key_to_index)
 
     def has_index_for(self, word: str) -> bool:
         return word in self.key_to_index
@@ -459,7 +459,7 @@ class Vectors:
             raise ParameterError("doesnt_match needs at least one word")
         used = [w for w in words if w in self.key_to_index]
         if not used:
-            raise UnknownWordError(words)
+            raise UnknownWordError(words, self.key_to_index)
         if len(used) != len(words):
             logger.warning("doesnt_match ignores unknown words %s", sorted(set(words) - set(used)))
         unit = np.vstack([self.get_vector(w, norm=True) for w in used])
@@ -542,7 +542,7 @@ class Vectors:
     def _check_known(self, words: Sequence[str]) -> None:
         unknown = [w for w in words if w not in self.key_to_index]
         if unknown:
-            raise UnknownWordError(unknown)
+            raise UnknownWordError(unknown, self.key_to_index)
 
     def _parse(self, positive: Terms, negative: Terms, unit: FloatArray, unknown: list[str]) -> _Parsed:
         """Resolve terms to vectors; unknown words are collected, not raised, so a batch can
@@ -622,7 +622,7 @@ class Vectors:
         unit = self.unit_vectors
         parsed = [self._parse(pos, neg, unit, unknown) for pos, neg in raw_queries]
         if unknown:
-            raise UnknownWordError(unknown)
+            raise UnknownWordError(unknown, self.key_to_index)
         for query in parsed:
             if query.weighted and method == "mul":
                 raise ParameterError("term weights apply to most_similar (3CosAdd) only, not to 3CosMul")

@@ -60,32 +60,48 @@ def build_vocab(encoded: EncodedCorpus, *, min_count: int, max_vocab: int | None
     return vocab, order
 
 
-def apply_vocab(encoded: EncodedCorpus, source_ids: np.ndarray, *, chunk: int = 1 << 24) -> TrainingCorpus:
+def apply_vocab(
+    encoded: EncodedCorpus, source_ids: np.ndarray, *, chunk: int = 1 << 20, in_place: bool = False
+) -> TrainingCorpus:
     """Re-encode to vocabulary ids, dropping out-of-vocabulary words.
 
     Works through the token stream in chunks so the temporaries stay small even when the
-    stream is a memory-mapped corpus larger than RAM.
+    stream is a memory-mapped corpus larger than RAM. `in_place=True` rewrites `encoded`'s
+    own token array where it can (an in-memory array), so the corpus is never held twice:
+    `encoded.tokens` is then consumed.
     """
     remap = np.full(len(encoded.words), -1, dtype=np.int32)
     remap[source_ids] = np.arange(source_ids.size, dtype=np.int32)
     raw_offsets = np.zeros(encoded.lengths.size + 1, dtype=np.int64)
     np.cumsum(encoded.lengths, out=raw_offsets[1:])
     offsets = np.empty_like(raw_offsets)
-    sink = TokenSink(spill_after=SPILL_AFTER_TOKENS)
+    tokens = encoded.tokens
+    rewrite = (
+        in_place and not isinstance(tokens, np.memmap) and tokens.flags.writeable and tokens.flags.owndata
+    )
+    sink = None if rewrite else TokenSink(spill_after=SPILL_AFTER_TOKENS)
     kept_before = 0
     n = encoded.n_words
     for a in range(0, max(n, 1), chunk):
         b = min(a + chunk, n)
-        ids = remap[encoded.tokens[a:b]]
+        ids = remap[tokens[a:b]]
         keep = ids >= 0
         # Kept tokens before each sentence start that falls in [a, b): a prefix sum lookup.
         prefix = np.zeros(b - a + 1, dtype=np.int64)
         np.cumsum(keep, out=prefix[1:])
         lo, hi = np.searchsorted(raw_offsets, [a, b], side="left")
         offsets[lo:hi] = kept_before + prefix[raw_offsets[lo:hi] - a]
+        kept = ids[keep]
+        if sink is None:
+            # Writes land at or before `a`: on tokens this loop has already read.
+            tokens[kept_before : kept_before + kept.size] = kept
+        else:
+            sink.append(kept)
         kept_before += int(prefix[-1])
-        sink.append(ids[keep])
     # Sentences that start at the very end (trailing empty lines) and the final boundary.
     tail = np.searchsorted(raw_offsets, n, side="left")
     offsets[tail:] = kept_before
+    if sink is None:
+        tokens.resize(kept_before, refcheck=False)  # only `encoded` shares it, and is consumed
+        return TrainingCorpus(tokens=tokens, offsets=offsets, raw_offsets=raw_offsets)
     return TrainingCorpus(tokens=sink.finish(), offsets=offsets, raw_offsets=raw_offsets)

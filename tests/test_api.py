@@ -673,6 +673,17 @@ def test_unknown_words_are_404_naming_them(client: TestClient, model_id: str) ->
             assert word in r.json()["detail"]
     r = client.post("/similar/batch", json={"queries": ["king", "zebra", {"positive": ["yak"]}]})
     assert r.status_code == 404 and r.json()["unknown_words"] == ["zebra", "yak"]
+    assert "suggestions" not in r.json()
+
+
+def test_a_word_in_another_casing_is_suggested(client: TestClient, model_id: str) -> None:
+    # The usual miss against a model trained lower-cased: "King" for "king".
+    for path, params in (("/similar", {"word": "King"}), ("/analogy", {"a": "MAN", "b": "king", "c": "woman"})):
+        r = client.get(path, params=params)
+        assert r.status_code == 404
+        body = r.json()
+        assert body["suggestions"] == {params.get("word", "MAN"): params.get("word", "MAN").lower()}
+        assert "did you mean" in body["detail"]
 
 
 def test_query_parameter_errors_are_422(client: TestClient, model_id: str) -> None:

@@ -292,3 +292,25 @@ def test_diverging_training_is_one_error_line_and_no_model(
     line = _error(capsys, ["train", str(lee_text), "--out", str(tmp_path / "m"), "--alpha", "1", "--epochs", "2"])
     assert "diverged" in line and "lower the learning rate alpha (now 1.0" in line
     assert not (tmp_path / "m").exists()
+
+
+def test_train_reads_the_corpus_from_standard_input(tmp_path: Path, lee_text: Path) -> None:
+    argv = [sys.executable, "-m", "model.cli", "train", "-", "--epochs", "1", "--threads", "1", "--quiet"]
+    piped = subprocess.run(
+        [*argv, "--out", str(tmp_path / "piped")], input=lee_text.read_bytes(), capture_output=True, timeout=300
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert main(_train_argv(lee_text, tmp_path / "file", "--threads", "1", "--min-count", "5")) == 0
+    a, b = load_model(tmp_path / "piped"), load_model(tmp_path / "file")
+    assert a.vectors.words == b.vectors.words
+    assert a.meta["corpus"] == b.meta["corpus"]
+    np.testing.assert_array_equal(a.vectors.vectors, b.vectors.vectors)  # same seed, one thread: same run
+
+
+def test_import_reads_glove_files_without_a_header(tmp_path: Path, trained: Path) -> None:
+    glove = tmp_path / "glove.txt"
+    vectors = load_model(trained).vectors
+    glove.write_text("".join(f"{w} {' '.join(map(str, vectors[w][:5]))}\n" for w in vectors.words[:50]))
+    assert main(["import", str(glove), "--out", str(tmp_path / "m")]) == 0
+    imported = load_model(tmp_path / "m").vectors
+    assert imported.words == vectors.words[:50] and imported.vector_size == 5

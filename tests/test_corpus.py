@@ -18,7 +18,7 @@ import pytest
 
 import model.trainer
 from model import CorpusError, TrainConfig, train
-from model.corpus import encode, iter_sentences
+from model.corpus import EncodedCorpus, encode, iter_sentences
 from model.vocab import apply_vocab, build_vocab
 
 
@@ -33,8 +33,9 @@ def _reference(sentences: list[list[str]], min_count: int) -> tuple[list[str], l
     return order, [[w for w in s if w in keep] for s in sentences]
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("spill_after", [10**9, 1, 7])
-def test_encoded_corpus_matches_a_plain_python_reference(spill_after: int) -> None:
+def test_encoded_corpus_matches_a_plain_python_reference(spill_after: int, in_place: bool) -> None:
     rng = np.random.default_rng(spill_after)
     for _ in range(100):
         sentences = [
@@ -48,13 +49,47 @@ def test_encoded_corpus_matches_a_plain_python_reference(spill_after: int) -> No
             continue
         vocab, ids = build_vocab(encoded, min_count=2, max_vocab=None)
         assert vocab.words == words
-        corpus = apply_vocab(encoded, ids, chunk=int(rng.integers(1, 30)))
+        corpus = apply_vocab(encoded, ids, chunk=int(rng.integers(1, 30)), in_place=in_place)
         got = [
             [vocab.words[i] for i in corpus.tokens[corpus.offsets[k] : corpus.offsets[k + 1]]]
             for k in range(len(sentences))
         ]
         assert got == filtered
         assert corpus.n_raw_words == sum(len(s) for s in sentences)
+
+
+def test_the_corpus_is_held_once_while_the_vocabulary_is_applied() -> None:
+    # 4 bytes a token at the peak, not 8 (chunks, then their concatenation) or 12 (a second
+    # copy for the vocabulary ids): that is what bounds the corpus size that fits in memory.
+    import tracemalloc
+
+    from model.corpus import TokenSink
+
+    rng = np.random.default_rng(0)
+    n_tokens = 4_000_000
+    sink = TokenSink()
+    tracemalloc.start()
+    for _ in range(40):
+        sink.append(rng.zipf(1.3, size=n_tokens // 40) % 3000)
+    before, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    tokens = sink.finish()
+    after, peak = tracemalloc.get_traced_memory()
+    assert peak - before < 1 << 20 and after < 4.1 * n_tokens  # no second copy made at the end
+
+    lengths = np.full(n_tokens // 200, 200, dtype=np.int64)
+    encoded = EncodedCorpus(
+        words=[f"w{i}" for i in range(3000)], counts=np.bincount(tokens, minlength=3000),
+        tokens=tokens, lengths=lengths, n_lines=lengths.size,
+    )
+    _, ids = build_vocab(encoded, min_count=200, max_vocab=None)  # drops the rarer words
+    before, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    corpus = apply_vocab(encoded, ids, in_place=True, chunk=1 << 18)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak - before < 8 << 20  # chunk temporaries only; a second copy would be 16 MB
+    assert corpus.n_raw_words == n_tokens and 0 < corpus.n_words < n_tokens
 
 
 def test_large_token_stream_is_memory_mapped() -> None:

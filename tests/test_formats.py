@@ -134,7 +134,8 @@ def binary_record(word: bytes, values: list[float]) -> bytes:
 MALFORMED = [
     pytest.param(b"", None, "line 1", id="empty-file"),
     pytest.param(b"hello world\nx 1 2\n", None, "line 1", id="non-numeric-header"),
-    pytest.param(b"1 2 3\nx 1 2\n", None, "line 1", id="three-field-header"),
+    # Three fields are a record of a file without a header (GloVe's), not a bad header.
+    pytest.param(b"1 2 3\nx 1\n", False, "line 2: expected 2 values .* without a header line", id="headerless-ragged"),
     pytest.param(b"1 0\nx\n", None, "line 1", id="zero-dimensions"),
     pytest.param(b"3 2\na 1 2\nb 3 4\n", False, "truncated", id="text-truncated-short-file"),
     pytest.param(b"3 2\na 1 2\nb 3 4\n" + b" " * 64, False, "after 2 of the 3", id="text-truncated"),
@@ -166,6 +167,18 @@ MALFORMED = [
         id="binary-extra-record",
     ),
 ]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_text_without_a_header_line_reads_as_gensim_no_header(vecs, tmp_path, suffix) -> None:
+    # GloVe's files: gensim reads them with no_header=True; here the format is recognised.
+    path = tmp_path / f"glove.txt{suffix}"
+    gensim_kv(vecs).save_word2vec_format(str(path), write_header=False)
+    theirs = KeyedVectors.load_word2vec_format(str(path), no_header=True)
+    for flag in (None, False):
+        loaded = load_word2vec_format(path, binary=flag)
+        assert loaded.words == theirs.index_to_key == vecs.words
+        np.testing.assert_array_equal(loaded.vectors, theirs.vectors)
 
 
 @pytest.mark.parametrize(("data", "binary", "message"), MALFORMED)

@@ -240,6 +240,16 @@ def test_unknown_words_are_all_named(store) -> None:
         ours.similarity("w1", "nosuch")
 
 
+def test_unknown_words_in_another_casing_are_suggested() -> None:
+    vecs = Vectors(["paris", "Berlin", "ROME", "x"], np.eye(4, dtype=np.float32))
+    with pytest.raises(UnknownWordError) as info:
+        vecs.most_similar(["Paris", "berlin", "rome", "nosuch"])
+    assert info.value.suggestions == {"Paris": "paris", "berlin": "Berlin", "rome": "ROME"}
+    assert str(info.value).endswith("(did you mean 'paris', 'Berlin', 'ROME'?)")
+    with pytest.raises(UnknownWordError, match="did you mean 'paris'"):
+        vecs["PARIS"]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"topn": 0}, {"topn": -3}, {"topn": 2.5}, {"restrict_vocab": 0}, {"restrict_vocab": 10.5},

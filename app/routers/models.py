@@ -181,7 +181,8 @@ async def import_model(
     format: Annotated[Literal["auto", "word2vec-text", "word2vec-binary"], Query()] = "auto",
     name: Annotated[Name | None, Query()] = None,
 ) -> ModelSummary:
-    """Add a model from a word2vec text or binary file (optionally gzip/bz2/xz compressed)."""
+    """Add a model from a word2vec text or binary file, or GloVe's text without a header line
+    (optionally gzip/bz2/xz compressed)."""
     upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[format]
     label = upload_label(name, upload)

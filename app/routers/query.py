@@ -54,7 +54,7 @@ def _check_known(lm: LoadedModel, words: list[str]) -> None:
     vectors = lm.model.vectors
     unknown = [w for w in words if w not in vectors]
     if unknown:
-        raise UnknownWordError(unknown)
+        raise UnknownWordError(unknown, vectors.key_to_index)
 
 
 def _hits(hits: Hits) -> list[SimilarHit]:
