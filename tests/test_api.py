@@ -359,6 +359,7 @@ def test_unknown_job_is_404(client: TestClient) -> None:
     for method, path in [
         ("GET", f"/jobs/{MISSING_ID}"),
         ("POST", f"/jobs/{MISSING_ID}/cancel"),
+        ("DELETE", f"/jobs/{MISSING_ID}"),
         ("GET", f"/jobs/{MISSING_ID}/events"),
         ("GET", "/jobs/nonsense"),
     ]:
@@ -401,6 +402,27 @@ def test_cancel_queued_running_and_finished_jobs(client: TestClient, layout: Sto
 
     r = client.post(f"/jobs/{finished}/cancel")
     assert r.status_code == 409 and "succeeded" in r.json()["detail"]
+
+
+def test_a_finished_job_can_be_deleted_and_its_idempotency_key_reused(
+    client: TestClient, layout: StoreLayout
+) -> None:
+    corpus = corpus_upload(client, b"a b\n")
+    body = {"corpus_id": corpus["id"]}
+    running = client.post("/train", json=body).json()["job_id"]
+    done = client.post("/train", json=body, headers={"Idempotency-Key": "nightly"}).json()["job_id"]
+    jobs = FileJobStore(layout.jobs)
+    jobs.transition(running, {"queued"}, state="running")
+    jobs.transition(done, {"queued"}, state="succeeded", model_id=MISSING_ID)
+
+    r = client.delete(f"/jobs/{running}")
+    assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
+    assert client.delete(f"/jobs/{done}").status_code == 204
+    assert client.get(f"/jobs/{done}").status_code == 404
+    assert client.delete(f"/jobs/{done}").status_code == 404
+    assert [j["job_id"] for j in client.get("/jobs").json()] == [running]
+    again = client.post("/train", json=body, headers={"Idempotency-Key": "nightly"})
+    assert again.status_code == 202 and again.json()["job_id"] != done
 
 
 def test_job_events_stream_ends_with_the_final_state(client: TestClient) -> None:

@@ -221,6 +221,22 @@ def get_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JobPublic:
     return job_public(_job(jobs, job_id, owner))
 
 
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> None:
+    """Forget a finished job: its record and its Idempotency-Key. The model it trained stays
+    (`DELETE /models/{id}` removes that). A queued or running job must be cancelled first (409)."""
+    rec = _job(jobs, job_id, owner)
+    if rec.state not in TERMINAL:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job {job_id!r} is {rec.state}; cancel it first (POST /jobs/{job_id}/cancel), then delete it",
+        )
+    # A finished job's record changes no more, so nothing can race this.
+    if rec.idempotency_key is not None:
+        jobs.release_idempotency_key(rec.idempotency_key, job_id)
+    jobs.delete(job_id)
+
+
 @router.post("/jobs/{job_id}/cancel", responses={202: {"model": JobPublic}})
 def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Response, owner: OwnerDep) -> JobPublic:
     """Cancel a queued job at once, or ask a running one to stop after its current batch (202)."""
