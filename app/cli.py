@@ -106,11 +106,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             argv += ["--broker", settings.broker_url]
         supervisor = WorkerSupervisor(argv, env)
         supervisor.start()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the same signal again under
+    # the handler it found: with the default one the process would die right there, before
+    # its worker finished handing back its job. Recorded instead, and raised once it has.
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, _f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
         if supervisor is not None:
             supervisor.stop()
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
+    for number in received:
+        signal.raise_signal(number)  # exit as the signal asked, as uvicorn would have
     return 0
 
 
