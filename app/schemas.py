@@ -11,10 +11,18 @@ from datetime import datetime
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema, model_validator
 
 from model import TrainConfig
 from worker.storage import ID_PATTERN
+
+# Always to the millisecond, as the job store writes them: pydantic's own form drops the
+# fraction when it is zero, and a client parsing one fixed format then fails now and then.
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(lambda t: t.isoformat(timespec="milliseconds"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 _D = TrainConfig()
 
@@ -130,9 +138,9 @@ class JobPublic(BaseModel):
     progress: ProgressPublic
     model_id: str | None
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     name: str | None
     corpus_id: str
     device: Device
@@ -154,13 +162,13 @@ class CorpusPublic(BaseModel):
     )
     filename: str | None = None
     name: str | None = None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class ModelSummary(BaseModel):
     model_id: str
     name: str | None = None
-    created_at: datetime
+    created_at: Timestamp
     source: str | None = Field(None, description="'trained' or 'imported'.")
     vocab_size: int
     vector_size: int
@@ -237,7 +245,7 @@ class EvaluationPublic(BaseModel):
     model_id: str
     kind: Literal["analogies", "word_pairs"]
     filename: str | None
-    created_at: datetime
+    created_at: Timestamp
     result: dict[str, Any]
 
 

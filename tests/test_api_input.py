@@ -432,3 +432,20 @@ def test_head_answers_wherever_get_does(client: TestClient, layout: StoreLayout,
 
 
 JSON = {"Content-Type": "application/json"}
+
+
+def test_timestamps_always_carry_milliseconds(client: TestClient) -> None:
+    import re
+
+    from app.schemas import CorpusPublic
+
+    shape = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+    whole_second = CorpusPublic(id="c", bytes=1, lines=1, text_bytes=1, compression="none",
+                                created_at="2026-01-02T03:04:05+00:00")  # type: ignore[arg-type]
+    assert json.loads(whole_second.model_dump_json())["created_at"] == "2026-01-02T03:04:05.000+00:00"
+    corpus = client.post("/corpora", content=b"a b c\n", headers={"Content-Type": "text/plain"}).json()
+    assert shape.match(corpus["created_at"]), corpus["created_at"]
+    job = client.post("/train", json={"corpus_id": corpus["id"]}).json()
+    assert shape.match(client.get(f"/jobs/{job['job_id']}").json()["created_at"])
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["CorpusPublic"]
+    assert schema["properties"]["created_at"]["format"] == "date-time"
