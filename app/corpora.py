@@ -81,6 +81,7 @@ class TextStats:
     lines: int
     text_bytes: int  # uncompressed
     invalid_utf8_bytes: int  # training reads each invalid sequence as U+FFFD
+    has_words: bool  # anything but whitespace
 
 
 def count_text(path: Path, compression: str) -> TextStats:
@@ -89,6 +90,7 @@ def count_text(path: Path, compression: str) -> TextStats:
     Raises InvalidCorpus for data that does not decompress and for text that is not UTF-8.
     """
     lines = size = valid = 0
+    has_words = False
     last = b"\n"
     # Invalid bytes become lone surrogates, which encoding with "ignore" drops: what the
     # encoded text lacks of the bytes read is the invalid part. Split sequences at block
@@ -97,6 +99,7 @@ def count_text(path: Path, compression: str) -> TextStats:
     try:
         with open_decompressed(path) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
+                has_words = has_words or not block.isspace()
                 if size == 0:
                     _check_is_text(block)
                 lines += block.count(b"\n")
@@ -113,7 +116,7 @@ def count_text(path: Path, compression: str) -> TextStats:
     valid += len(decoder.decode(b"", final=True).encode("utf-8", "ignore"))
     if size and last != b"\n":
         lines += 1
-    return TextStats(lines=lines, text_bytes=size, invalid_utf8_bytes=size - valid)
+    return TextStats(lines=lines, text_bytes=size, invalid_utf8_bytes=size - valid, has_words=has_words)
 
 
 def corpus_lock(corpus_id: str) -> str:
@@ -140,6 +143,8 @@ class CorpusStore:
             stats = count_text(tmp, compression)
             if stats.text_bytes == 0:
                 raise InvalidCorpus("the corpus is empty")
+            if not stats.has_words:
+                raise InvalidCorpus("the corpus holds only whitespace: there are no words to train on")
             corpus_id = new_id()
             data_name = f"{corpus_id}{_SUFFIX[compression]}"
             with tmp.open("rb") as fh:

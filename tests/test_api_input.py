@@ -449,3 +449,16 @@ def test_timestamps_always_carry_milliseconds(client: TestClient) -> None:
     assert shape.match(client.get(f"/jobs/{job['job_id']}").json()["created_at"])
     schema = client.get("/openapi.json").json()["components"]["schemas"]["CorpusPublic"]
     assert schema["properties"]["created_at"]["format"] == "date-time"
+
+
+def test_a_corpus_of_whitespace_only_is_422_not_a_job_that_fails(client: TestClient, layout: StoreLayout) -> None:
+    blank = b" \n\t\r\n   \n" * 1000
+    for send in (
+        lambda: client.post("/corpora", content=blank, headers={"Content-Type": "text/plain"}),
+        lambda: client.post("/corpora", content=gzip.compress(blank), headers={"Content-Type": "text/plain"}),
+        lambda: client.post("/train", json={"text": blank.decode()[:1500]}),
+    ):
+        r = send()
+        assert r.status_code == 422, r.text
+        assert "only whitespace" in only_error(r)["msg"]
+    assert_nothing_stored(client, layout)
