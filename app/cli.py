@@ -95,32 +95,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(Settings, host=args.host, port=args.port, store=args.store, broker_url=args.broker)
     settings = settings.model_copy(update={"store": settings.store.expanduser().resolve()})
-    supervisor = None
-    if not args.no_worker:
-        env = {**os.environ, "W2V_STORE": str(settings.store), PARENT_PID_ENV: str(os.getpid())}
-        # The worker shares this host with the API: queries come first.
-        env.setdefault("W2V_NICE", "10")
-        env.setdefault("W2V_CPU_IDLE", "true")
-        argv = [sys.executable, "-m", "app.cli", "worker", "--store", str(settings.store)]
-        if settings.broker_url:
-            argv += ["--broker", settings.broker_url]
-        supervisor = WorkerSupervisor(argv, env)
-        supervisor.start()
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the same signal again under
     # the handler it found: with the default one the process would die right there, before
-    # its worker finished handing back its job. Recorded instead, and raised once it has.
+    # its worker finished handing back its job. This handler, in force before uvicorn takes
+    # the signals over (startup) and after it gives them back, stops serving instead; the
+    # signal is raised again once the worker is gone.
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda s, _f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop_serving(number: int, _frame: object) -> None:
+        received.append(number)
+        raise _StopServing
+
+    previous = {sig: signal.signal(sig, stop_serving) for sig in (signal.SIGTERM, signal.SIGINT)}
+    supervisor = None
     try:
+        if not args.no_worker:
+            env = {**os.environ, "W2V_STORE": str(settings.store), PARENT_PID_ENV: str(os.getpid())}
+            # The worker shares this host with the API: queries come first.
+            env.setdefault("W2V_NICE", "10")
+            env.setdefault("W2V_CPU_IDLE", "true")
+            argv = [sys.executable, "-m", "app.cli", "worker", "--store", str(settings.store)]
+            if settings.broker_url:
+                argv += ["--broker", settings.broker_url]
+            supervisor = WorkerSupervisor(argv, env)
+            supervisor.start()
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    except _StopServing:
+        pass
     finally:
+        for handled in previous:  # a second signal must not cut the worker's shutdown short
+            signal.signal(handled, lambda number, _frame: received.append(number))
         if supervisor is not None:
             supervisor.stop()
         for handled, handler in previous.items():
             signal.signal(handled, handler)
-    for number in received:
+    for number in received[:1]:
         signal.raise_signal(number)  # exit as the signal asked, as uvicorn would have
     return 0
+
+
+class _StopServing(BaseException):
+    """Raised by the signal handler; a BaseException so that no `except Exception` swallows it."""
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -130,6 +130,21 @@ def _replace_aside(staging: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
+def unwritable_reason(path: Path) -> str | None:
+    """Why a file or folder could not be created at `path` (None if it could): checked before
+    long work, so that a typo in a path fails at once rather than after hours of training."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():
+            return f"{parent} is a broken link"
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the folder {parent} is not writable"
+    return None
+
+
 def staging_dir(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

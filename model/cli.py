@@ -96,6 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     ).validate()
     # Everything that can be checked before training is: a typo must not cost a training run.
     check_writable_target(out, overwrite=args.force)
+    if args.checkpoint_dir is not None:
+        ckpt, target = Path(args.checkpoint_dir).resolve(), out.resolve()
+        if ckpt == target or target in ckpt.parents:
+            raise CLIError("--checkpoint-dir must be outside --out: the saved model replaces that folder")
     evaluation = _read_evaluation_files(args.analogies, args.pairs or [])
     bar = None if args.quiet else ProgressBar()
     start = time.perf_counter()

@@ -150,41 +150,45 @@ def _chunks(tokens: list[str], size: int) -> Iterator[list[str]]:
 class TokenSink:
     """Collects int32 token chunks; past `spill_after` tokens they go to an unlinked temp file.
 
-    In memory the tokens go into one buffer that grows in place (`ndarray.resize`, a realloc:
-    large blocks are remapped, not copied, and pages not yet written take no memory), so the
-    finished array costs 4 bytes a token, not the 8 that concatenating chunks at the end
-    would need at its peak. A corpus larger than memory trains from a memory map of the temp
-    file instead, so the page cache rather than the heap holds it, and the disk space is
-    returned as soon as the array is dropped.
+    In memory, `finish` moves the chunks into one array a chunk at a time and drops each once
+    copied, so at most the array and what is left of the chunks are held, never the chunks
+    and a full copy of them (whether the allocator hands freed chunks back to the system is
+    its own business). A corpus larger than memory trains from a memory map of the temp file
+    instead, so the page cache rather than the heap holds it, and the disk space is returned
+    as soon as the array is dropped.
     """
 
     def __init__(self, spill_after: int = SPILL_AFTER_TOKENS):
         self.spill_after = spill_after
-        self.buf = np.empty(0, dtype=np.int32)
+        self.chunks: list[np.ndarray] = []
         self.size = 0
         self.file: IO[bytes] | None = None
 
     def append(self, chunk: np.ndarray) -> None:
         chunk = np.ascontiguousarray(chunk, dtype=np.int32)
-        end = self.size + chunk.size
-        if self.file is None and end > self.spill_after:
+        self.size += chunk.size
+        if self.file is None and self.size > self.spill_after:
             self.file = tempfile.TemporaryFile(prefix="w2v-tokens-")
-            self.file.write(self.buf[: self.size].tobytes())
-            self.buf = np.empty(0, dtype=np.int32)
+            for held in self.chunks:
+                self.file.write(held.tobytes())
+            self.chunks.clear()
         if self.file is not None:
             self.file.write(chunk.tobytes())
         else:
-            if end > self.buf.size:
-                # Doubling keeps appends amortised O(1); the buffer is never viewed elsewhere
-                # until finish(), so resizing it under refcheck=False is safe.
-                self.buf.resize(max(end, 2 * self.buf.size, 1 << 16), refcheck=False)
-            self.buf[self.size : end] = chunk
-        self.size = end
+            self.chunks.append(chunk)
 
     def finish(self) -> np.ndarray:
         if self.file is None:
-            self.buf.resize(self.size, refcheck=False)  # gives the unused tail back
-            tokens, self.buf = self.buf, np.empty(0, dtype=np.int32)
+            if len(self.chunks) == 1:
+                return self.chunks.pop()
+            tokens = np.empty(self.size, dtype=np.int32)
+            self.chunks.reverse()
+            pos = 0
+            while self.chunks:
+                chunk = self.chunks.pop()
+                tokens[pos : pos + chunk.size] = chunk
+                pos += chunk.size
+                del chunk
             return tokens
         self.file.flush()
         tokens = np.memmap(self.file, dtype=np.int32, mode="r", shape=(self.size,))

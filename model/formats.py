@@ -36,6 +36,8 @@ _WORD_BREAK = re.compile(r"[ \t\n\r\x0b\x0c]")
 _ROWS_PER_CHUNK = 4096
 _READ_CHUNK = 1 << 20
 _MAX_HEADER = 1024
+# A text record without a header line (GloVe's) may hold this many bytes of numbers.
+_MAX_FIRST_RECORD = 1 << 20
 # A binary word longer than this means we are not looking at a word2vec file.
 _MAX_WORD_BYTES = 1 << 16
 # %.9g is the shortest fixed precision that round-trips every float32 exactly.
@@ -138,6 +140,9 @@ def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vecto
 
 def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) -> Vectors:
     header = stream.readline(_MAX_HEADER)
+    if not binary and len(header) == _MAX_HEADER and not header.endswith(b"\n"):
+        # No header is this long; a GloVe record of 300 numbers is: read the rest of the line.
+        header += stream.readline(_MAX_WORD_BYTES + _MAX_FIRST_RECORD)
     if not binary and _is_headerless_text(header):
         # GloVe's files: word2vec text without the "<words> <dimensions>" line.
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.atomic import publish_dir, replace_existing_dir, staging_dir
+from model.atomic import publish_dir, replace_existing_dir, staging_dir, unwritable_reason
 from model.errors import ModelFormatError
 from model.neighbours import NeighbourTable
 from model.vectors import Vectors
@@ -56,6 +56,9 @@ def check_writable_target(path: str | Path, *, overwrite: bool) -> Path:
     """
     target = Path(os.path.abspath(path))
     if not target.exists() and not target.is_symlink():
+        problem = unwritable_reason(target)
+        if problem is not None:
+            raise FileExistsError(f"cannot write a model to {path}: {problem}")
         return target
     if not overwrite:
         raise FileExistsError(f"{path} already exists; choose another path or allow overwrite")

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.atomic import unwritable_reason
 from model.backend import resolve_device
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from model.config import Progress, TrainConfig
 from model.corpus import Source, encode
 from model.cpu_kernel import train_cbow_job
@@ -265,8 +266,12 @@ def train(
     engine = "hogwild" if cfg.engine == "auto" else cfg.engine
     threads = cfg.threads or os.cpu_count() or 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None and ckpt_dir.exists() and not ckpt_dir.is_dir():
-        raise ParameterError(f"checkpoint_dir {ckpt_dir} exists and is not a folder")
+    if ckpt_dir is not None:
+        if ckpt_dir.exists() and not ckpt_dir.is_dir():
+            raise ParameterError(f"checkpoint_dir {ckpt_dir} exists and is not a folder")
+        problem = unwritable_reason(ckpt_dir / CHECKPOINT_FILE) if ckpt_dir.is_dir() else unwritable_reason(ckpt_dir)
+        if problem is not None:
+            raise ParameterError(f"checkpoint_dir {ckpt_dir}: {problem}")
     t0 = time.perf_counter()
 
     encoded = encode(corpus, lowercase=cfg.lowercase, workers=threads)

@@ -157,9 +157,16 @@ def _split_query(query: Query) -> tuple[Terms, Terms]:
         and len(query) == 2
         and not all(isinstance(item, str | np.ndarray) for item in query)
         and not _is_weight(query[1])  # ("king", 2.0) is one weighted term
+        and not any(_is_weighted_term(item) for item in query)  # [("king", 2.0), "queen"]: two terms
     ):
         return query[0], query[1]  # type: ignore[return-value]
     return query, None  # type: ignore[return-value]
+
+
+def _is_weighted_term(value: object) -> bool:
+    return (
+        isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str | np.ndarray) and _is_weight(value[1])
+    )
 
 
 def _is_weight(value: object) -> bool:

@@ -187,6 +187,15 @@ def test_compressed_evaluation_files_are_read_like_plain_ones(client: TestClient
         assert packed.json()["result"] == plain.json()["result"]
 
 
+@pytest.mark.parametrize("kind", ["auto", "word_pairs", "analogies"])
+def test_a_damaged_compressed_evaluation_file_is_422(client: TestClient, model_id: str, kind: str) -> None:
+    pairs = gzip.compress(b"king\tqueen\t9.0\nman\twoman\t8.0\n" * 2000)
+    for body in (pairs[: len(pairs) // 2], b"\x1f\x8b\x08\x00garbage" * 10):
+        r = client.post(f"/models/{model_id}/evaluate", params={"kind": kind}, content=body)
+        assert r.status_code == 422, r.text
+        assert "store" not in only_error(r)["msg"]  # no server path
+
+
 # ------------------------------------------------------------------------------------ uploads
 
 

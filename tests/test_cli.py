@@ -204,6 +204,9 @@ def _train_argv(corpus: Path, out: Path, *extra: str) -> list[str]:
         (["--analogies", "bad-questions.txt"], "question before the first"),
         (["--pairs", "bad-pairs.tsv"], "not a finite number"),
         (["--checkpoint-dir", "a-file"], "checkpoint_dir .* not a folder"),
+        (["--checkpoint-dir", "a-file/ck"], "a-file is not a folder"),
+        (["--checkpoint-dir", "m"], "must be outside --out"),
+        (["--checkpoint-dir", "m/ck", "--force"], "must be outside --out"),
     ],
 )
 def test_train_refuses_bad_side_inputs_before_training(
@@ -221,6 +224,14 @@ def test_train_refuses_bad_side_inputs_before_training(
     line = _error(capsys, _train_argv(small_corpus, tmp_path / "m", *flags))
     assert re.search(message, line), line
     assert epochs == [] and not (tmp_path / "m").exists()
+
+
+def test_an_out_path_that_cannot_be_written_fails_before_training(
+    tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    line = _error(capsys, _train_argv(small_corpus, tmp_path / "a-file" / "m"))
+    assert "cannot write a model to" in line and "is not a folder" in line
 
 
 def test_a_failure_after_training_still_saves_the_model(

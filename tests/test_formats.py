@@ -169,10 +169,14 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.parametrize("dims", [13, 300])  # 300: a first line longer than any header
 @pytest.mark.parametrize("suffix", ["", ".gz"])
-def test_text_without_a_header_line_reads_as_gensim_no_header(vecs, tmp_path, suffix) -> None:
+def test_text_without_a_header_line_reads_as_gensim_no_header(vecs, tmp_path, suffix, dims) -> None:
     # GloVe's files: gensim reads them with no_header=True; here the format is recognised.
     path = tmp_path / f"glove.txt{suffix}"
+    if dims != vecs.vector_size:
+        rng = np.random.default_rng(dims)
+        vecs = Vectors(vecs.words, rng.standard_normal((len(vecs), dims)).astype(np.float32))
     gensim_kv(vecs).save_word2vec_format(str(path), write_header=False)
     theirs = KeyedVectors.load_word2vec_format(str(path), no_header=True)
     for flag in (None, False):

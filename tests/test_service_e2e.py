@@ -314,6 +314,35 @@ def test_w2v_serve_embedded_default(processes: Processes, tmp_path: Path, corpus
     assert all(_gone(pid) for pid in workers)
 
 
+_SIGTERM_WHILE_STARTING = """
+import os, signal, sys, time
+import uvicorn
+from app.cli import main
+
+def slow_start(app, **kwargs):  # the signal arrives before uvicorn has taken the signals over
+    me = os.getpid()
+    with open(os.environ["CHILDREN_FILE"], "w") as fh:
+        fh.write(open(f"/proc/{me}/task/{me}/children").read())
+    os.kill(me, signal.SIGTERM)
+    time.sleep(60)
+
+uvicorn.run = slow_start
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_w2v_serve_stopped_while_starting_stops_with_its_worker(processes: Processes, tmp_path: Path) -> None:
+    # A `systemctl stop` right after `start`: serve must neither sit out the signal until
+    # uvicorn is up nor leave its worker behind.
+    store, port = tmp_path / "store", str(free_port())
+    argv = [sys.executable, "-c", _SIGTERM_WHILE_STARTING, "serve", "--store", str(store), "--port", port]
+    listed = tmp_path / "children"
+    serve = processes.start("serve", argv, {**clean_env(), "CHILDREN_FILE": str(listed)})
+    assert serve.wait(timeout=40) == -signal.SIGTERM
+    workers = [int(pid) for pid in listed.read_text().split()]
+    assert workers and all(_gone(pid) for pid in workers)
+
+
 def _gone(pid: int) -> bool:
     """Exited (a zombie waiting for its dead parent's reaper counts as exited)."""
     try:

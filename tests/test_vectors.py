@@ -482,6 +482,9 @@ def test_a_lone_weighted_term_and_batches_take_weights(store) -> None:
     assert ours.most_similar(positive=("w1", 2.0), negative="w2") == expected
     assert ours.most_similar_batch([([("w1", 2.0)], ["w2"]), ("w1", 2.0)])[0] == expected
     assert ours.most_similar_batch([("w1", 2.0)])[0] == ours.most_similar("w1")  # w1 alone, scaled
+    # A two-item list with a weighted term is two positive terms, not (positive, negative).
+    for terms in ([("w1", 2.0), "w2"], ["w1", ("w2", 2.0)], (("w1", 2.0), ("w2", 0.5))):
+        assert ours.most_similar_batch([terms])[0] == ours.most_similar(positive=list(terms))
     with pytest.raises(ParameterError, match="3CosAdd"):
         ours.most_similar_cosmul(positive=[("w1", 2.0)])
     with pytest.raises(ParameterError, match="finite"):

@@ -96,6 +96,11 @@ def test_create_get_list_delete(jobs: JobStore) -> None:
     jobs.delete(a.job_id)
     assert jobs.get(a.job_id) is None
     assert [r.job_id for r in jobs.list()] == [b.job_id]
+    # A late progress write (a worker that lost its lease) must not bring back a stub record.
+    jobs.update(a.job_id, progress={"epoch": 3})
+    assert jobs.get(a.job_id) is None
+    jobs.update(b.job_id, progress={"epoch": 3})
+    assert (jobs.get(b.job_id) or b).progress == {"epoch": 3}
 
 
 def test_transition_is_a_compare_and_set(jobs: JobStore) -> None:

@@ -98,7 +98,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def update(self, job_id: str, **values: Any) -> None:
-        """Write fields without looking at the state (progress reports)."""
+        """Write fields without looking at the state (progress reports); a job that no longer
+        exists stays deleted."""
 
     @abstractmethod
     def transition(
@@ -168,6 +169,13 @@ if #ARGV > n + 2 then redis.call('HSET', KEYS[1], unpack(ARGV, n + 3)) end
 return 1
 """
 
+# A late progress write (a worker past its lease) must not recreate a deleted job as a stub.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -197,6 +205,7 @@ class RedisJobStore(JobStore):
         self._ns = namespace
         self._transition = self._r.register_script(_TRANSITION)
         self._renew = self._r.register_script(_RENEW)
+        self._update = self._r.register_script(_UPDATE)
         self._release = self._r.register_script(_RELEASE)
 
     def _job(self, job_id: str) -> str:
@@ -247,7 +256,9 @@ class RedisJobStore(JobStore):
         pipe.execute()
 
     def update(self, job_id: str, **values: Any) -> None:
-        self._r.hset(self._job(job_id), mapping=_encode(values))
+        args = [item for pair in _encode(values).items() for item in pair]
+        if args:
+            self._update(keys=[self._job(job_id)], args=args)
 
     def transition(
         self, job_id: str, allowed: Collection[str], *, require_no_lease: bool = False, **values: Any

@@ -29,6 +29,7 @@ from model import (
     save_model,
     save_word2vec_format,
 )
+from model.corpus import DECOMPRESS_ERRORS
 from worker.celery_app import SEND_RETRY_POLICY, TASK_INDEX
 from worker.jobs import utcnow
 from worker.storage import new_id
@@ -196,15 +197,23 @@ def _sniff_kind(path: Path) -> Literal["analogies", "word_pairs"]:
 
     Read decompressed, as the evaluation itself reads the file (plain, gzip, bzip2 or xz).
     """
-    with open_decompressed(path) as fh:
-        for raw in fh:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith(":"):
-                return "analogies"
-            return "analogies" if len(line.split()) == 4 else "word_pairs"
-    raise ModelFormatError("the evaluation file is empty")
+    for raw in _head(path).splitlines():
+        line = raw.decode("utf-8", "replace").strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(":"):
+            return "analogies"
+        return "analogies" if len(line.split()) == 4 else "word_pairs"
+    raise ModelFormatError("the evaluation file is empty (or its first 64 KiB hold only comments)")
+
+
+def _head(path: Path, size: int = 64 * 1024) -> bytes:
+    """The first `size` decompressed bytes; damaged compressed data is a 422, not a 500."""
+    try:
+        with open_decompressed(path) as fh:
+            return fh.read(size)
+    except DECOMPRESS_ERRORS as exc:
+        raise ModelFormatError(f"the uploaded file does not decompress: {exc}") from exc
 
 
 def _evaluate(
@@ -231,8 +240,7 @@ def _evaluate(
             ).to_dict()
         else:
             delimiter = "\t"
-            with open_decompressed(upload.path) as fh:
-                head = fh.read(4096)
+            head = _head(upload.path, 4096)
             if b"\t" not in head:
                 delimiter = "," if b"," in head else " "
             try:
