@@ -31,6 +31,7 @@ from model import (
     ParameterError,
     UnknownWordError,
 )
+from worker.jobs import LockBusy
 
 
 class JobNotFound(LookupError):
@@ -157,6 +158,15 @@ def install_error_handlers(app: FastAPI) -> None:
             f"the job store (Redis) is unreachable, try again shortly: {type(exc).__name__}: {exc}",
         )
 
+    async def busy(_: Request, exc: Exception) -> JSONResponse:
+        response = _detail(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "another request holds the lock this one needs (a job submission or deletion on the "
+            "same corpus or key); retry in a moment",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     async def damaged(request: Request, exc: Exception) -> JSONResponse:
         return _detail(status.HTTP_500_INTERNAL_SERVER_ERROR, _scrub_paths(request, str(exc)))
 
@@ -198,6 +208,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ModelDamaged: damaged,
         redis.ConnectionError: store_down,
         redis.TimeoutError: store_down,
+        LockBusy: busy,
         CorpusNotFound: not_found,
         JobNotFound: not_found,
         ParameterError: bad_parameter,

@@ -471,3 +471,20 @@ def test_a_corpus_of_whitespace_only_is_422_not_a_job_that_fails(client: TestCli
         assert r.status_code == 422, r.text
         assert "only whitespace" in only_error(r)["msg"]
     assert_nothing_stored(client, layout)
+
+
+def test_a_lock_held_too_long_is_503_with_retry_after(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.jobs import LockBusy
+
+    corpus = corpus_upload(client, b"a b c\n")
+    services = client.app.state.services  # type: ignore[attr-defined]
+
+    def busy(name: str, timeout_s: float = 10.0) -> Any:
+        raise LockBusy(f"lock {name!r} is busy")
+
+    monkeypatch.setattr(services.jobs, "exclusive", busy)
+    for r in (client.post("/train", json={"corpus_id": corpus["id"]}), client.delete(f"/corpora/{corpus['id']}")):
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "retry" in r.json()["detail"]
+    monkeypatch.undo()
+    assert client.get(f"/corpora/{corpus['id']}").status_code == 200 and client.get("/jobs").json() == []

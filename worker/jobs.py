@@ -43,6 +43,10 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+class LockBusy(TimeoutError):
+    """A job-store lock stayed taken past its timeout: the request may simply be retried."""
+
+
 @dataclass
 class JobRecord:
     job_id: str
@@ -323,7 +327,7 @@ class RedisJobStore(JobStore):
         # The expiry frees the lock if its holder dies; holders keep it for milliseconds.
         while not self._r.set(key, token, nx=True, px=int(timeout_s * 1000)):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"lock {name!r} is busy")
+                raise LockBusy(f"lock {name!r} is busy")
             time.sleep(0.005)
         try:
             yield
@@ -507,7 +511,7 @@ class FileJobStore(JobStore):
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"lock {name!r} is busy") from None
+                        raise LockBusy(f"lock {name!r} is busy") from None
                     time.sleep(0.005)
             try:
                 yield
