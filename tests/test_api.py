@@ -423,6 +423,24 @@ def test_a_finished_job_can_be_deleted_and_its_idempotency_key_reused(
     assert [j["job_id"] for j in client.get("/jobs").json()] == [running]
     again = client.post("/train", json=body, headers={"Idempotency-Key": "nightly"})
     assert again.status_code == 202 and again.json()["job_id"] != done
+    assert client.get(f"/corpora/{corpus['id']}").status_code == 200  # an upload stays
+
+
+def test_deleting_a_job_deletes_the_corpus_it_sent_inline(client: TestClient, layout: StoreLayout) -> None:
+    jobs = FileJobStore(layout.jobs)
+    first = client.post("/train", json={"text": "a b c\n"}).json()
+    second = client.post("/train", json={"text": "d e f\n"}).json()
+    inline = [jobs.get(j["job_id"]).corpus_id for j in (first, second)]  # type: ignore[union-attr]
+    # Another job given the second inline corpus by id keeps it alive.
+    reuse = client.post("/train", json={"corpus_id": inline[1]}).json()["job_id"]
+    for job in (first["job_id"], second["job_id"], reuse):
+        jobs.transition(job, {"queued"}, state="cancelled")
+    assert client.delete(f"/jobs/{first['job_id']}").status_code == 204
+    assert client.delete(f"/jobs/{second['job_id']}").status_code == 204
+    assert client.get(f"/corpora/{inline[0]}").status_code == 404
+    assert client.get(f"/corpora/{inline[1]}").status_code == 200
+    assert client.delete(f"/jobs/{reuse}").status_code == 204
+    assert client.get(f"/corpora/{inline[1]}").status_code == 404
 
 
 def test_job_events_stream_ends_with_the_final_state(client: TestClient) -> None:

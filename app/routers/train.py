@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.auth import Owner, visible
-from app.corpora import corpus_lock
+from app.corpora import CorpusNotFound, corpus_lock
 from app.deps import JobsDep, OwnerDep, ServicesDep
 from app.errors import JobNotFound
 from app.schemas import JobPublic, JobState, TrainAccepted, TrainCreate, error_responses
@@ -222,19 +222,27 @@ def get_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JobPublic:
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> None:
-    """Forget a finished job: its record and its Idempotency-Key. The model it trained stays
-    (`DELETE /models/{id}` removes that). A queued or running job must be cancelled first (409)."""
+def delete_job(job_id: str, jobs: JobsDep, services: ServicesDep, owner: OwnerDep) -> None:
+    """Forget a finished job: its record, its Idempotency-Key and the corpus it was given inline
+    as `text` (an uploaded corpus stays). The model it trained stays (`DELETE /models/{id}`
+    removes that). A queued or running job must be cancelled first (409)."""
     rec = _job(jobs, job_id, owner)
     if rec.state not in TERMINAL:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail=f"job {job_id!r} is {rec.state}; cancel it first (POST /jobs/{job_id}/cancel), then delete it",
         )
-    # A finished job's record changes no more, so nothing can race this.
     if rec.idempotency_key is not None:
         jobs.release_idempotency_key(rec.idempotency_key, job_id)
     jobs.delete(job_id)
+    with contextlib.suppress(CorpusNotFound):
+        corpus = services.corpora.get(rec.corpus_id)
+        if corpus.get("inline"):
+            # It is listed in /corpora like an upload, so another job may have been given its
+            # id: kept while any job names it, checked under the lock POST /train takes.
+            with jobs.exclusive(corpus_lock(rec.corpus_id)):
+                if not any(j.corpus_id == rec.corpus_id for j in jobs.list(limit=10_000)):
+                    services.corpora.delete(rec.corpus_id)
 
 
 @router.post("/jobs/{job_id}/cancel", responses={202: {"model": JobPublic}})
