@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -36,7 +38,13 @@ def _let_numba_cache() -> None:
         private = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
     except OSError:
         private = False
-    os.environ["NUMBA_CACHE_DIR"] = str(shared if private else tempfile.mkdtemp(prefix="w2v-numba-cache-"))
+    if private:
+        os.environ["NUMBA_CACHE_DIR"] = str(shared)
+        return
+    # Someone else's folder, or not a folder: a fresh one for this process, removed at exit.
+    own = tempfile.mkdtemp(prefix="w2v-numba-cache-")
+    atexit.register(shutil.rmtree, own, ignore_errors=True)
+    os.environ["NUMBA_CACHE_DIR"] = own
 
 
 _let_numba_cache()

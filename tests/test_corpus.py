@@ -317,3 +317,14 @@ def test_trains_where_numba_can_cache_neither_beside_the_code_nor_in_home(tmp_pa
     words, cache = done.stdout.split()
     assert words == "4"
     assert Path(cache).parent == tmp_path and os.stat(cache).st_mode & 0o777 == 0o700
+
+    # A shared folder others can write to is not used (its cached pickles would be loaded):
+    # the process takes a fresh folder of its own and removes it when it exits.
+    os.chmod(cache, 0o777)
+    again = subprocess.run(
+        [sys.executable, "-B", "-c", script], env={**env, "CORPUS": str(corpus)}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    own = Path(again.stdout.split()[1])
+    assert own != Path(cache) and own.parent == tmp_path and not own.exists()
