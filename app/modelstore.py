@@ -26,12 +26,14 @@ from typing import Any
 from app.auth import Owner, owned_by
 from app.batching import QueryBatcher
 from model import Model, ModelFormatError, load_model
+from model.atomic import atomic_file
 from model.store import META_FILE, VECTORS_FILE, VOCAB_FILE, read_meta
 from worker.storage import StoreLayout, is_id, new_id
 
 log = logging.getLogger(__name__)
 # How long after its last change the models folder must stay unchanged before a listing of
 # it is trusted on the hot path (far above any filesystem timestamp granularity).
+MAX_EVALUATIONS = 100
 _SETTLE_NS = 1_000_000_000
 
 
@@ -185,12 +187,12 @@ class ModelStore:
         return data if isinstance(data, list) else []
 
     def add_evaluation(self, model_id: str, entry: dict[str, Any]) -> None:
+        """Keep the result with the model: the newest MAX_EVALUATIONS of them, so a client that
+        evaluates in a loop cannot grow the file (rewritten whole each time) without bound."""
         with self._lock:
-            entries = [*self.evaluations(model_id), entry]
-            path = self.layout.evaluation_file(model_id)
-            tmp = path.with_name(f".{path.name}.{new_id()}.tmp")
-            tmp.write_text(json.dumps(entries), encoding="utf-8")
-            os.replace(tmp, path)
+            entries = [*self.evaluations(model_id), entry][-MAX_EVALUATIONS:]
+            with atomic_file(self.layout.evaluation_file(model_id), "w") as fh:
+                fh.write(json.dumps(entries))
 
     def resolve(self, model_id: str | None, owner: Owner = None) -> str:
         """An explicit id that exists (and `owner` may see), or the newest such model when none is given."""

@@ -590,6 +590,20 @@ def test_evaluate_analogies_and_pairs(client: TestClient, model_id: str, vectors
     assert client.post(f"/models/{model_id}/evaluate?kind=poems", content=pairs).status_code == 422
 
 
+def test_only_the_newest_evaluations_are_kept(
+    client: TestClient, model_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.modelstore
+
+    monkeypatch.setattr(app.modelstore, "MAX_EVALUATIONS", 3)
+    pairs = b"king\tqueen\t9.0\nman\twoman\t8.0\nking\tapple\t1.0\n"
+    for n in range(5):
+        r = client.post(f"/models/{model_id}/evaluate", files={"file": (f"pairs{n}.tsv", pairs)})
+        assert r.status_code == 200
+    kept = client.get(f"/models/{model_id}").json()["evaluations"]
+    assert [e["filename"] for e in kept if e["kind"] != "at_training"] == ["pairs2.tsv", "pairs3.tsv", "pairs4.tsv"]
+
+
 # ------------------------------------------------------------------------------------ queries
 
 
