@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,17 @@ def test_a_run_with_next_to_nothing_to_learn_is_not_called_divergence() -> None:
                 tracker.check_epoch_loss(last=True)
         else:
             tracker.check_epoch_loss(last=True)
+
+
+def test_the_kernels_log1p_is_within_2e_8_and_keeps_nan() -> None:
+    # The reported loss uses it for log(1 + e^-|f|): e in [0, 1].
+    from model.cpu_kernel import _log1p_unit
+
+    grid = np.concatenate([np.linspace(0.0, 1.0, 20_001), np.geomspace(1e-300, 1.0, 2_001)])
+    ours = np.array([_log1p_unit(float(e)) for e in grid])
+    assert np.max(np.abs(ours - np.log1p(grid))) < 2e-8
+    assert np.all(np.abs(ours - np.log1p(grid)) <= 2e-8 * np.log1p(grid) + 1e-300)  # relative, near 0 too
+    assert math.isnan(_log1p_unit(float("nan")))
 
 
 def test_cuda_without_gpu_is_a_clear_error(lee_text: Path) -> None:
