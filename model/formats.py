@@ -219,10 +219,7 @@ def _read_headerless(first: bytes, stream: IO[bytes]) -> tuple[list[str], np.nda
     for line_no, line in enumerate(itertools.chain([first], stream), start=1):
         if not line.strip():
             continue
-        word, values = _parse_text_record(line, d, line_no)
-        if word in seen:
-            raise _RecordError(f"line {line_no}: duplicate word {word!r} (first on line {seen[word]})")
-        seen[word] = line_no
+        word, values = _parse_new_record(line, d, line_no, seen)
         if len(words) == len(out):
             out = np.concatenate([out, np.empty_like(out)])  # doubling: amortised O(1) per row
         out[len(words)] = values
@@ -274,6 +271,15 @@ def _parse_text_record(line: bytes, d: int, line_no: int) -> tuple[str, np.ndarr
     return word, values
 
 
+def _parse_new_record(line: bytes, d: int, line_no: int, seen: dict[str, int]) -> tuple[str, np.ndarray]:
+    """A text record whose word has not come before; `seen` maps words to their lines."""
+    word, values = _parse_text_record(line, d, line_no)
+    if word in seen:
+        raise _RecordError(f"line {line_no}: duplicate word {word!r} (first on line {seen[word]})")
+    seen[word] = line_no
+    return word, values
+
+
 def _is_float(token: bytes) -> bool:
     try:
         float(token)
@@ -294,10 +300,7 @@ def _read_text(first: bytes, stream: IO[bytes], out: np.ndarray) -> list[str]:
         i = len(words)
         if i >= n:
             raise _RecordError(f"line {line_no}: more records than the {n} declared in the header")
-        word, values = _parse_text_record(line, d, line_no)
-        if word in seen:
-            raise _RecordError(f"line {line_no}: duplicate word {word!r} (first on line {seen[word]})")
-        seen[word] = line_no
+        word, values = _parse_new_record(line, d, line_no, seen)
         out[i] = values
         words.append(word)
     if len(words) < n:

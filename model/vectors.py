@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -163,7 +163,7 @@ def _split_query(query: Query) -> tuple[Terms, Terms]:
     return query, None  # type: ignore[return-value]
 
 
-def _is_weighted_term(value: object) -> bool:
+def _is_weighted_term(value: object) -> TypeGuard[tuple[str | np.ndarray, float]]:
     return (
         isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str | np.ndarray) and _is_weight(value[1])
     )
@@ -560,7 +560,7 @@ class Vectors:
         for side, terms in zip(sides, (positive, negative), strict=True):
             for item in _as_terms(terms):
                 term, weight = item, None
-                if isinstance(item, tuple) and len(item) == 2 and _is_weight(item[1]):
+                if _is_weighted_term(item):
                     term, weight = item
                     if not math.isfinite(weight):
                         raise ParameterError(f"a term's weight must be a finite number, got {weight!r}")
