@@ -96,10 +96,13 @@ def count_text(path: Path, compression: str) -> TextStats:
     # encoded text lacks of the bytes read is the invalid part. Split sequences at block
     # edges wait in the incremental decoder.
     decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    # Words are what the trainer's str.split() finds, so whitespace is Unicode's (U+3000,
+    # U+00A0, the ASCII separators \x1c-\x1f), not only the bytes bytes.isspace() knows.
+    words = codecs.getincrementaldecoder("utf-8")("replace")
     try:
         with open_decompressed(path) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
-                has_words = has_words or not block.isspace()
+                has_words = has_words or bool(words.decode(block).split())
                 if size == 0:
                     _check_is_text(block)
                 lines += block.count(b"\n")
@@ -114,6 +117,7 @@ def count_text(path: Path, compression: str) -> TextStats:
     except (*corpus_files.DECOMPRESS_ERRORS, ValueError) as exc:
         raise InvalidCorpus(f"the upload looks like {compression} data but does not decompress: {exc}") from exc
     valid += len(decoder.decode(b"", final=True).encode("utf-8", "ignore"))
+    has_words = has_words or bool(words.decode(b"", final=True).split())
     if size and last != b"\n":
         lines += 1
     return TextStats(lines=lines, text_bytes=size, invalid_utf8_bytes=size - valid, has_words=has_words)
@@ -176,7 +180,11 @@ class CorpusStore:
 
     def ingest_text(self, text: str, *, name: str | None = None, owner: Owner = None) -> dict[str, Any]:
         tmp = self.layout.tmp / f"inline-{new_id()}.part"
-        tmp.write_bytes(text.encode("utf-8"))
+        try:
+            tmp.write_bytes(text.encode("utf-8"))
+        except BaseException:  # a full disk, say: no empty .part left behind
+            tmp.unlink(missing_ok=True)
+            raise
         return self.ingest(tmp, name=name, inline=True, owner=owner)
 
     def _read(self, path: Path) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from model import (
     UnknownWordError,
 )
 from worker.jobs import LockBusy
+from worker.storage import DISK_FULL
 
 
 class JobNotFound(LookupError):
@@ -192,6 +193,16 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 
+    async def os_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, OSError)
+        if exc.errno not in DISK_FULL:
+            raise exc  # to the catch-all below, which logs its traceback
+        return _detail(
+            status.HTTP_507_INSUFFICIENT_STORAGE,
+            "the server's store is full (no space left on its disk): nothing was stored; "
+            "retry once space is freed (delete models or corpora you no longer need)",
+        )
+
     async def internal_error(_: Request, __: Exception) -> JSONResponse:
         # The traceback goes to the log (Starlette re-raises to the server); the client gets
         # JSON like every other error, without internals.
@@ -217,6 +228,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ModelFormatError: bad_file,
         CorpusError: bad_file,
         EmptyVocabularyError: bad_file,
+        OSError: os_error,
         # Any other exception: Starlette runs this one in its outermost middleware.
         Exception: internal_error,
     }

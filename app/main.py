@@ -37,6 +37,9 @@ Train word2vec (CBOW, negative sampling) embeddings on your corpora and query th
 3. Watch `GET /jobs/{job_id}` (or stream `GET /jobs/{job_id}/events`) until `succeeded`.
 4. Ask `GET /similar?word=...`, `GET /analogy?a=...&b=...&c=...`: the newest model answers unless
    you name one with `model=`.
+
+Errors are JSON, except a URL over 64 KiB, which the HTTP server refuses with a plain-text 400
+before the app sees it: send long queries in the body of `POST /similar/batch`.
 """
 
 

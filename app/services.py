@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from app.auth import KeyRing, RateLimiter
@@ -11,6 +12,8 @@ from app.settings import Settings
 from worker.celery_app import W2VCelery, create_celery
 from worker.jobs import JobStore, open_job_store
 from worker.storage import StoreLayout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Services:
 def open_services(settings: Settings) -> Services:
     layout = StoreLayout.at(settings.store)
     layout.ensure()
+    if removed := layout.remove_stale_uploads():
+        log.info("removed %d partial uploads left by an API process that was killed", removed)
     return Services(
         settings=settings,
         layout=layout,

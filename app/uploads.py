@@ -12,6 +12,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from fastapi import HTTPException, Request, status
@@ -39,6 +40,21 @@ class Upload:
 
 
 _NAME = TypeAdapter(Name)
+
+
+def multipart_schema(name_description: str) -> dict[str, Any]:
+    """The OpenAPI entry of an upload's multipart/form-data body: the field `file`, which
+    must be there, and the optional label `name`, checked as `Name` is."""
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "name": {**_NAME.json_schema(), "description": name_description},
+            },
+        }
+    }
 
 
 def upload_label(query_name: str | None, upload: Upload) -> str | None:

@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +52,16 @@ def _int_at_least(least: int) -> Callable[[str], int]:
 _positive_int = _int_at_least(1)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 class ProgressBar:
     """One self-rewriting stderr line: percentage, epoch, words/s, loss and ETA."""
 
@@ -79,6 +90,38 @@ class ProgressBar:
     def close(self) -> None:
         if self.interactive and self.last_line:
             self.stream.write("\n")
+
+
+class IndexProgress:
+    """The neighbour table's progress on stderr, in the progress bar's style: on a large
+    vocabulary the build takes minutes after training has reached 100 %."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 30):
+        self.bar = ProgressBar(stream, width)
+        self.start = time.perf_counter()
+        self.tenths = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        bar = self.bar
+        frac = done / total if total else 1.0
+        filled = int(frac * bar.width)
+        elapsed = time.perf_counter() - self.start
+        eta = f"{elapsed * (total - done) / done:5.0f}s" if done else "   ?s"
+        line = (
+            f"[{'#' * filled}{'.' * (bar.width - filled)}] {frac * 100:5.1f}% "
+            f"neighbours of {done}/{total} words eta {eta}"
+        )
+        if bar.interactive:
+            bar.stream.write("\r" + line)
+        elif self.tenths != (tenths := int(frac * 10)):
+            # A log gets a line per tenth: the build reports every chunk, hundreds of times.
+            self.tenths = tenths
+            bar.stream.write(line + "\n")
+        bar.stream.flush()
+        bar.last_line = line
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -116,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if evaluation:
             model.meta["evaluation"] = _evaluate(model.vectors, evaluation)
         if args.neighbours:
-            _index(model.vectors, args.neighbours, args.neighbours_topn)
+            _index(model.vectors, args.neighbours, args.neighbours_topn, args.neighbours_seconds, args.quiet)
     except (W2VError, CLIError) as exc:
         failed = exc
     save_model(out, model, overwrite=args.force)
@@ -146,12 +189,24 @@ def _check_out(out: Path, force: bool) -> None:
         raise CLIError(f"--out {out} already exists; pass --force to replace it")
 
 
-def _index(vectors: Vectors, words: int, topn: int) -> NeighbourTable:
+def _index(vectors: Vectors, words: int, topn: int, seconds: float | None, quiet: bool) -> NeighbourTable:
     from model.neighbours import build_neighbours
 
-    table = build_neighbours(vectors, k=topn, words=words)
+    bar = None if quiet else IndexProgress()
+    try:
+        table = build_neighbours(vectors, k=topn, words=words, seconds=seconds, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     if table is None:
         raise CLIError("nothing to index: a neighbour table needs at least two words")
+    wanted = min(words, len(vectors))
+    if table.n_words < wanted:
+        print(
+            f"w2v: the neighbour table holds the {table.n_words} most frequent words, not {wanted}: "
+            f"its {seconds:g} s were up (the other words' queries search)",
+            file=sys.stderr,
+        )
     vectors.attach_neighbours(table)
     return table
 
@@ -161,7 +216,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     model = load_model(args.model)
-    table = _index(model.vectors, args.words, args.topn)
+    table = _index(model.vectors, args.words, args.topn, args.seconds, args.quiet)
     # The directory is replaced in one step: readers see the old model or the indexed one.
     if not save_model(args.model, model, only_if_exists=True):
         raise CLIError(f"{args.model} was removed while it was being indexed; nothing written")
@@ -302,6 +357,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "queries are lookups (about one batched search per word; default 0: none)",
     )
     p.add_argument("--neighbours-topn", type=_positive_int, default=20, help="neighbours kept per word (default 20)")
+    p.add_argument(
+        "--neighbours-seconds",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="stop indexing after about S seconds, keeping the most frequent words done by then (default: no limit)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -340,6 +402,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("model")
     p.add_argument("--words", type=_positive_int, default=100_000, help="most frequent words to index (100000)")
     p.add_argument("--topn", type=_positive_int, default=20, help="neighbours kept per word (20)")
+    p.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=None,
+        help="stop after about this many seconds, keeping the most frequent words done by then (default: no limit)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("import", help="turn a word2vec text or binary file into a model directory")

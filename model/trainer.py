@@ -123,6 +123,17 @@ class _Tracker:
                 f"times an untrained model's {untrained:.3g}; {_LOWER_ALPHA.format(alpha=self.cfg.alpha)}"
             )
 
+    def report_finished(self, loss: float | None) -> None:
+        """The one report of a run resumed after its last epoch: nothing is left to train."""
+        if self.callback is not None:
+            self.callback(
+                Progress(
+                    epoch=self.cfg.epochs, epochs=self.cfg.epochs, words_done=self.words_total,
+                    words_total=self.words_total, words_per_sec=0.0, loss=loss, alpha=self.cfg.min_alpha,
+                    eta_s=0.0, elapsed_s=0.0,
+                )
+            )
+
     def words_per_sec(self) -> float:
         elapsed = time.perf_counter() - self.t_start
         return (self.words_done - self.session_start_words) / elapsed if elapsed > 0 else 0.0
@@ -312,6 +323,8 @@ def train(
     )
     tracker = _Tracker(cfg, tc.n_raw_words, progress, progress_interval, start_epoch)
     dev = _device_engine(run, engine, device)
+    if start_epoch >= cfg.epochs:
+        tracker.report_finished(epoch_losses[-1] if epoch_losses else None)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             tracker.start_epoch(epoch)
@@ -323,7 +336,10 @@ def train(
             epoch_losses.append(tracker.epoch_loss())
             tracker.report(force=True)
             done = epoch + 1
-            if ckpt_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.epochs:
+            # The last epoch too: a process killed after training (building the neighbour table,
+            # saving the model) then resumes with nothing left to train instead of a whole epoch.
+            due = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.epochs)
+            if ckpt_dir is not None and due:
                 if dev is not None:
                     dev.sync_to_host()
                 save_checkpoint(
@@ -340,13 +356,15 @@ def train(
     seconds = prior_elapsed + time.perf_counter() - t0
     trained_raw = tc.n_raw_words * (cfg.epochs - start_epoch)
     session_seconds = time.perf_counter() - t0
+    # Resumed after the last epoch, nothing was trained here: the rate of the whole run instead.
+    rate_words, rate_seconds = (trained_raw, session_seconds) if trained_raw else (tc.n_raw_words * cfg.epochs, seconds)
     meta: dict[str, Any] = {
         "version": VERSION,
         "config": cfg.to_dict(),
         "corpus": corpus_stats,
         "training": {
             "seconds": round(seconds, 3),
-            "words_per_sec": round(trained_raw / session_seconds, 1) if session_seconds > 0 else None,
+            "words_per_sec": round(rate_words / rate_seconds, 1) if rate_seconds > 0 else None,
             # Reading, tokenising and counting the corpus, included in the figures above.
             "corpus_seconds": round(corpus_seconds, 3),
             "final_loss": epoch_losses[-1] if epoch_losses else None,

@@ -723,6 +723,15 @@ class Vectors:
             return self._heap_shortlists([(scores, 0)], excluded, candidates, means, n, k, topn)
         if self._packed is not None and topn <= _VNNI_MAX_TOPN:
             return self._vnni_shortlists(means, queries, excluded, candidates, n, topn)
+        return self._blocked_shortlists(means, excluded, candidates, n, topn)
+
+    def _blocked_shortlists(
+        self, means: FloatArray, excluded: list[list[int]], candidates: FloatArray, n: int, topn: int
+    ) -> list[IntArray]:
+        """Shortlists for a batch from float32 products computed a block of vocabulary rows at
+        a time, so the scores stay in cache on their way into the per-query heaps."""
+        n_queries = len(means)
+        k = min(topn + _RESCORE_MARGIN, n)
         block = max(_MIN_SCORE_BLOCK, _SCORE_BLOCK_BYTES // (4 * n_queries))
         buffer = np.empty((n_queries, block), dtype=np.float32)
 
@@ -759,10 +768,11 @@ class Vectors:
 
     def _vnni_shortlists(
         self, means: FloatArray, queries: list[_Parsed], excluded: list[list[int]], candidates: FloatArray, n: int,
-        topn: int,
+        topn: int, crowds: list[int] | None = None,
     ) -> list[IntArray]:  # fmt: skip
         """`vnni_search.shortlists`, its rows split over `search_threads` threads; a query it
-        hands back (a crowd of near-ties) is scored in full in float32 instead."""
+        hands back (a crowd of near-ties) is scored in full in float32 instead. `crowds`, if
+        given, gets the number of queries handed back."""
         from model import vnni_search
 
         assert self._packed is not None
@@ -776,12 +786,23 @@ class Vectors:
                 future.result()
 
         found = vnni_search.shortlists(self._packed, means, excluded, n, topn, parts, run_parts)
+        crowded = [q for q, rows in enumerate(found) if rows is None]
+        if crowds is not None:
+            crowds.append(len(crowded))
+        if len(crowded) == 1:
+            q = crowded[0]
+            found[q] = self._shortlist((candidates @ means[q])[None, :], [queries[q]], topn, "add")[0]
+        elif crowded:
+            # Together, as one blocked product: a matrix-vector product per query reads the
+            # whole float32 matrix each time, and models whose vectors share one dominant
+            # direction (text with little structure, or little trained) send most queries here.
+            redone = self._blocked_shortlists(means[crowded], [excluded[q] for q in crowded], candidates, n, topn)
+            for q, again in zip(crowded, redone, strict=True):
+                found[q] = again
         shortlists: list[IntArray] = []
-        for q, rows in enumerate(found):
-            if rows is None:
-                scores = (candidates @ means[q])[None, :]
-                rows = self._shortlist(scores, [queries[q]], topn, "add")[0]
-            shortlists.append(rows)
+        for listed in found:
+            assert listed is not None
+            shortlists.append(listed)
         return shortlists
 
     @staticmethod

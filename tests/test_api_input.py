@@ -14,7 +14,9 @@ import contextlib
 import gzip
 import json
 import lzma
+import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,6 +317,48 @@ def test_a_multipart_body_cut_off_before_its_end_is_refused(
     assert r.status_code == 201 and r.json()["text_bytes"] == 5
 
 
+def test_startup_removes_partial_uploads_a_killed_api_left(settings: Settings) -> None:
+    layout = StoreLayout.at(settings.store)
+    layout.ensure()
+    stale = [layout.tmp / "upload-a.part", layout.tmp / "inline-b.part"]
+    live, other = layout.tmp / "upload-c.part", layout.tmp / "deleted-model"
+    for path in (*stale, live):
+        path.write_bytes(b"half a corpus")
+    other.mkdir()
+    for path in (*stale, other):
+        os.utime(path, (0, time.time() - 7200))  # untouched for two hours
+    with TestClient(create_app(settings)) as started:
+        assert started.get("/healthz").status_code == 200
+    assert [p.exists() for p in stale] == [False, False]
+    assert live.exists() and other.exists()  # an upload in progress elsewhere; not an upload
+
+
+def test_a_full_disk_is_507_and_leaves_nothing(client: TestClient, layout: StoreLayout, monkeypatch) -> None:
+    def disk_full(self: Path, data: bytes) -> int:
+        self.touch()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    r = client.post("/train", json={"text": "a b c"})
+    monkeypatch.undo()
+    assert r.status_code == 507 and "full" in r.json()["detail"]
+    assert list(layout.tmp.iterdir()) == []
+    assert_nothing_stored(client, layout)
+
+
+def test_the_spec_s_multipart_bodies_say_what_the_server_enforces(client: TestClient) -> None:
+    # A client generated from /openapi.json must know `file` is needed and what a name may be.
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/corpora", "/models/import", "/models/{model_id}/evaluate"):
+        schema = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert schema["required"] == ["file"], path
+        name = schema["properties"]["name"]
+        assert (name["minLength"], name["maxLength"], name["pattern"]) == (1, 200, r"^[^\x00-\x1f\x7f]+$")
+    without_file = b'--xyz\r\nContent-Disposition: form-data; name="name"\r\n\r\nfoo\r\n--xyz--\r\n'
+    r = client.post("/corpora", content=without_file, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 422 and "no field named 'file'" in only_error(r)["msg"]
+
+
 # ------------------------------------------------------------------------------------ submit against delete
 
 
@@ -461,16 +505,19 @@ def test_timestamps_always_carry_milliseconds(client: TestClient) -> None:
 
 
 def test_a_corpus_of_whitespace_only_is_422_not_a_job_that_fails(client: TestClient, layout: StoreLayout) -> None:
-    blank = b" \n\t\r\n   \n" * 1000
-    for send in (
-        lambda: client.post("/corpora", content=blank, headers={"Content-Type": "text/plain"}),
-        lambda: client.post("/corpora", content=gzip.compress(blank), headers={"Content-Type": "text/plain"}),
-        lambda: client.post("/train", json={"text": blank.decode()[:1500]}),
-    ):
-        r = send()
-        assert r.status_code == 422, r.text
-        assert "only whitespace" in only_error(r)["msg"]
+    # Whitespace as the trainer's str.split() knows it: Unicode's too, not only ASCII's.
+    for blank in (b" \n\t\r\n   \n" * 1000, "\u3000\u00a0\n\x1c\x1f\u2028 \x0b\n".encode() * 100):
+        for r in (
+            client.post("/corpora", content=blank, headers={"Content-Type": "text/plain"}),
+            client.post("/corpora", content=gzip.compress(blank), headers={"Content-Type": "text/plain"}),
+            client.post("/train", json={"text": blank.decode()[:1500]}),
+        ):
+            assert r.status_code == 422, r.text
+            assert "only whitespace" in only_error(r)["msg"]
     assert_nothing_stored(client, layout)
+    # One word anywhere, even after a megabyte of blanks, is a corpus.
+    late = b" \n" * (1 << 20) + "\u3000mot\n".encode()
+    assert client.post("/corpora", content=late, headers={"Content-Type": "text/plain"}).status_code == 201
 
 
 def test_a_lock_held_too_long_is_503_with_retry_after(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,8 +99,36 @@ def test_index_adds_a_table_to_an_imported_model(trained: Path, tmp_path: Path, 
         assert indexed.vectors.precomputed_neighbours(word, topn=6) == searched.most_similar(word, topn=6)
     assert main(["index", str(imported), "--words", "50"]) == 0  # re-indexing replaces the table
     assert load_model(imported).meta["neighbours"] == {"words": 50, "k": 20}
+    # The build shows its progress on stderr; a log gets a line per tenth, not one per chunk.
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("100.0% neighbours of 50/50 words eta     0s")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
     assert "not a model directory" in _error(capsys, ["index", str(tmp_path / "nothing")])
+
+
+def test_index_within_a_time_budget_keeps_the_most_frequent_words(
+    trained: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(trained, model_dir)
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 64)
+    # Past its time after the first chunk: the table keeps that chunk's words, and says so.
+    assert main(["index", str(model_dir), "--words", "1000", "--topn", "5", "--seconds", "1e-9", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "64 most frequent words, 5 neighbours each" in captured.out
+    assert captured.err.strip() == (
+        "w2v: the neighbour table holds the 64 most frequent words, not 1000: its 1e-09 s were up "
+        "(the other words' queries search)"
+    )
+    indexed = load_model(model_dir)
+    assert indexed.meta["neighbours"] == {"words": 64, "k": 5}
+    searched = load_model(trained).vectors
+    for word in searched.words[:64:9]:
+        assert indexed.vectors.precomputed_neighbours(word, topn=5) == searched.most_similar(word, topn=5)
+    for bad in ["0", "-1", "nan", "inf", "soon"]:
+        with pytest.raises(SystemExit) as exited:  # argparse: its usage line, then the error
+            main(["index", str(model_dir), "--seconds", bad])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("w2v index: error: argument --seconds")
 
 
 def test_eval_json(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,6 +123,43 @@ def test_sigterm_hands_the_running_job_back_promptly(
         assert_exactly_one_model(store, client, done["model_id"])
 
 
+@pytest.mark.parametrize("broker", ["redis", "embedded"])
+def test_a_queued_job_whose_message_was_lost_is_sent_again(
+    processes: Processes, redis_namespace: str, tmp_path: Path, corpus_gz: bytes, broker: str
+) -> None:
+    """An API killed between a job's record and its message, or a worker killed between taking
+    the message and marking the job running, leaves a queued job with no message anywhere:
+    the workers' sweep sends it again, once, and the job runs."""
+    store = tmp_path / "store"
+    env = clean_env(W2V_STORE=str(store), W2V_SWEEP_INTERVAL_S="1")
+    if broker == "redis":
+        env.update(W2V_BROKER_URL=REDIS_URL, W2V_NAMESPACE=redis_namespace)
+    port = free_port()
+    api = start_api(processes, env, port)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        wait_ready(client, [api])
+        job_id, _ = submit(client, corpus_gz, epochs=1)
+        # No worker yet: the message waits in the broker. Lose it, as a kill in either gap would.
+        if broker == "redis":
+            r = redis.Redis.from_url(REDIS_URL)
+            assert r.llen(f"{redis_namespace}:cpu") == 1
+            r.delete(f"{redis_namespace}:cpu")
+        else:
+            messages = list((store / "queue" / "messages").iterdir())
+            assert len(messages) == 1
+            messages[0].unlink()
+        worker = start_worker(processes, env)
+        done = wait_finished(client, job_id, timeout=120)
+        assert done["state"] == "succeeded" and done["attempts"] == 1, done
+        assert_exactly_one_model(store, client, done["model_id"])
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    logs = "".join(f.read_text(errors="replace") for f in processes.logs.glob("worker-*.log"))
+    assert logs.count("no message in the broker") == 1, logs[-3000:]
+    if broker == "redis":  # nothing sent twice: the queue is empty again
+        assert redis.Redis.from_url(REDIS_URL).llen(f"{redis_namespace}:cpu") == 0
+
+
 # ------------------------------------------------------------------------------------ Redis restart
 
 

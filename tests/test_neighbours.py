@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
+import model.neighbours as neighbours_module
 import model.vectors as vectors_module
-from model import Model, ModelFormatError, TrainingCancelled, Vectors, load_model, save_model, vnni_search
+from model import (
+    Model,
+    ModelFormatError,
+    ParameterError,
+    TrainingCancelled,
+    Vectors,
+    load_model,
+    save_model,
+    vnni_search,
+)
 from model.neighbours import NeighbourTable, build_neighbours
 from model.store import NEIGHBOURS_FILE
 
@@ -236,12 +247,121 @@ def test_uneven_blocks_build_the_same_table(pair, monkeypatch) -> None:
         assert everything.scores[row].tolist() == [s for _, s in expected]
 
 
+def _vnni_route_spy(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, bool]], list[int]]:
+    """Records where each build left the VNNI route (words done by it, and whether it left at
+    a crowded chunk), and how many queries the kernel handed back (crowds of near-ties) to be
+    scored again in float32."""
+    kept: list[tuple[int, bool]] = []
+    crowds: list[int] = []
+    real_route, real_shortlists = neighbours_module._vnni_shortlists, Vectors._vnni_shortlists
+
+    def route(*args: Any) -> Any:
+        found, crowded = real_route(*args)
+        kept.append((len(found), crowded))
+        return found, crowded
+
+    def shortlists(self: Vectors, *args: Any) -> Any:
+        counted: list[int] = []
+        found = real_shortlists(self, *args[:6], counted)
+        crowds.extend(counted)
+        if len(args) > 6:
+            args[6].extend(counted)
+        return found
+
+    monkeypatch.setattr(neighbours_module, "_vnni_shortlists", route)
+    monkeypatch.setattr(Vectors, "_vnni_shortlists", shortlists)
+    return kept, crowds
+
+
 @pytest.mark.skipif(not vnni_search.available(), reason="needs a CPU with AVX-512 VNNI")
 def test_both_build_routes_give_the_same_table(monkeypatch) -> None:
-    vectors = _vectors()
+    # The VNNI route kept to the end, whatever the crowd: it meets the near-ties, and scores
+    # the queries its kernel hands back again together in float32.
+    base = _vectors()
+    vectors = Vectors(base.words, np.roll(base.vectors, 700, axis=0), base.counts)
+    monkeypatch.setattr("model.neighbours._CROWDED_SHARE", float("inf"))
+    kept, crowds = _vnni_route_spy(monkeypatch)
     by_vnni = build_neighbours(vectors, k=K, words=2500)
+    assert kept == [(2500, False)] and sum(crowds) > 1
     float32_route(monkeypatch)
     by_float32 = build_neighbours(Vectors(vectors.words, vectors.vectors, vectors.counts), k=K, words=2500)
     assert by_vnni is not None and by_float32 is not None
     np.testing.assert_array_equal(by_vnni.rows, by_float32.rows)
     np.testing.assert_array_equal(by_vnni.scores, by_float32.scores)
+
+
+@pytest.mark.skipif(not vnni_search.available(), reason="needs a CPU with AVX-512 VNNI")
+def test_a_crowded_model_takes_the_float32_route_and_stays_exact(monkeypatch) -> None:
+    # Vectors sharing one dominant direction, as a little-trained model on text with little
+    # structure has them: every top k is a crowd at int8 precision, which the kernel hands
+    # back. Scanning twice for every word cost a 490k-word model half an hour; after the
+    # first chunk shows the crowd, the build takes the float32 route alone.
+    rng = np.random.default_rng(11)
+    arr = rng.standard_normal(24).astype(np.float32) + 0.02 * rng.standard_normal((4000, 24)).astype(np.float32)
+    vectors = Vectors([f"c{i}" for i in range(4000)], arr, np.arange(4000, 0, -1))
+    kept, crowds = _vnni_route_spy(monkeypatch)
+    table = build_neighbours(vectors, k=K, words=1500)
+    assert kept == [(128, True)] and crowds == [128]
+    assert table is not None and table.n_words == 1500
+    searched = Vectors(vectors.words, vectors.vectors)
+    for row in range(0, 1500, 97):
+        expected = searched.most_similar(vectors.words[row], topn=K)
+        assert [vectors.words[i] for i in table.rows[row]] == [w for w, _ in expected]
+        assert table.scores[row].tolist() == [s for _, s in expected]
+    # A batch on the same model goes through the kernel and its float32 second pass: the same answers.
+    vectors.int8_rows  # noqa: B018
+    batch = vectors.most_similar_batch(vectors.words[:64], topn=K)
+    assert crowds[-1] > 32
+    assert batch == [searched.most_similar(w, topn=K) for w in vectors.words[:64]]
+
+
+@pytest.mark.parametrize("route", ["float32", "vnni"])
+def test_a_time_budget_keeps_the_most_frequent_words_done(monkeypatch, route) -> None:
+    if route == "float32":
+        float32_route(monkeypatch)
+    elif not vnni_search.available():
+        pytest.skip("needs a CPU with AVX-512 VNNI")
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 100)
+    base = _vectors()
+    vectors = Vectors(base.words, np.roll(base.vectors, 700, axis=0), base.counts)
+    whole = build_neighbours(vectors, k=K, words=1000)
+    seen: list[tuple[int, int]] = []
+    # Past its time at once: the first chunk is done, and its words are exact.
+    part = build_neighbours(vectors, k=K, words=1000, seconds=1e-9, progress=lambda *p: seen.append(p))
+    assert whole is not None and part is not None
+    assert part.n_words == 100 and seen == [(100, 1000)]
+    np.testing.assert_array_equal(part.rows, whole.rows[:100])
+    np.testing.assert_array_equal(part.scores, whole.scores[:100])
+    indexed = Vectors(vectors.words, vectors.vectors, vectors.counts)
+    indexed.attach_neighbours(part)
+    assert indexed.most_similar("w150", topn=K) == vectors.most_similar("w150", topn=K)  # beyond it: searched
+    for bad in [0, -1.0, float("nan")]:
+        with pytest.raises(ParameterError, match="time budget"):
+            build_neighbours(vectors, k=K, seconds=bad)
+
+
+@pytest.mark.skipif(not vnni_search.available(), reason="needs a CPU with AVX-512 VNNI")
+def test_a_model_crowded_further_down_switches_route_midway(monkeypatch) -> None:
+    # The frequent words are spread out, the rarer ones crowded: the kernel takes the first
+    # chunks, the float32 route the rest (scoring the rows the kernel's words took on its own),
+    # and the table is the one the float32 route builds alone, bit for bit.
+    rng = np.random.default_rng(5)
+    arr = rng.standard_normal((3000, 24)).astype(np.float32)
+    arr[1000:] = arr[0] * 4 + 0.05 * rng.standard_normal((2000, 24)).astype(np.float32)
+    vectors = Vectors([f"m{i}" for i in range(3000)], arr, np.arange(3000, 0, -1))
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 100)
+    kept, _ = _vnni_route_spy(monkeypatch)
+    seen: list[tuple[int, int]] = []
+    mixed = build_neighbours(vectors, k=K, words=2000, progress=lambda *p: seen.append(p))
+    assert kept == [(1100, True)]
+    assert [done for done, _ in seen] == list(range(100, 2001, 100))
+    float32_route(monkeypatch)
+    alone = build_neighbours(Vectors(vectors.words, vectors.vectors, vectors.counts), k=K, words=2000)
+    assert mixed is not None and alone is not None
+    np.testing.assert_array_equal(mixed.rows, alone.rows)
+    np.testing.assert_array_equal(mixed.scores, alone.scores)
+    searched = Vectors(vectors.words, vectors.vectors)
+    for row in [0, 999, 1000, 1099, 1100, 1500, 1999]:
+        expected = searched.most_similar(vectors.words[row], topn=K)
+        assert [vectors.words[i] for i in mixed.rows[row]] == [w for w, _ in expected]
+        assert mixed.scores[row].tolist() == [s for _, s in expected]

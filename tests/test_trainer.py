@@ -100,6 +100,16 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(lee_text: Path, tmp_pat
     assert resumed.meta["training"]["resumed_from_epoch"] == 2
     np.testing.assert_array_equal(resumed.vectors.vectors, reference.vectors.vectors)
     assert resumed.meta["training"]["epoch_losses"] == pytest.approx(reference.meta["training"]["epoch_losses"])
+    # The last epoch leaves a checkpoint too: killed after training (building the neighbour
+    # table, saving), a rerun trains nothing and gives the same model.
+    reported: list[Progress] = []
+    again = train(lee_text, cfg, checkpoint_dir=ckpt, progress=reported.append)
+    assert again.meta["training"]["resumed_from_epoch"] == 4
+    assert [(p.epoch, p.words_done == p.words_total) for p in reported] == [(4, True)]
+    assert reported[0].loss == resumed.meta["training"]["final_loss"]
+    np.testing.assert_array_equal(again.vectors.vectors, reference.vectors.vectors)
+    assert again.meta["training"]["epoch_losses"] == resumed.meta["training"]["epoch_losses"]
+    assert again.meta["training"]["words_per_sec"] > 0
 
 
 def test_checkpoint_of_another_run_is_ignored(lee_text: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from model import Model, TrainingCancelled, Vectors, load_model, save_model
 from worker import runner
 from worker.indexing import index_stored_model
 from worker.jobs import FileJobStore, JobRecord, JobStore, RedisJobStore, utcnow
-from worker.runner import JobContext, initial_progress, requeue_orphans, run_job
+from worker.runner import JobContext, initial_progress, requeue_orphans, requeue_unqueued, run_job
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout, new_id
 
@@ -302,6 +302,18 @@ def test_neighbour_table_size_follows_the_settings(ctx: JobContext, monkeypatch)
     assert load_model(ctx.layout.model_dir(rec.target_model_id)).vectors.neighbours is None
 
 
+def test_neighbour_table_stops_at_its_time_budget(ctx: JobContext, monkeypatch) -> None:
+    # Out of time after the first chunk: the model keeps a table of that chunk's words, the
+    # most frequent, and the job succeeds.
+    ctx.settings = ctx.settings.model_copy(update={"neighbour_words": 50, "neighbour_seconds": 1e-9})
+    monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 8)
+    rec = submit(ctx)
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    saved = load_model(ctx.layout.model_dir(rec.target_model_id))
+    assert saved.meta["neighbours"] == {"words": 8, "k": 20}
+    assert saved.vectors.neighbours is not None and saved.vectors.neighbours.n_words == 8
+
+
 @pytest.mark.parametrize("interruption", ["cancel", "time_limit"])
 def test_stopping_while_the_neighbour_table_is_built(ctx: JobContext, monkeypatch, interruption: str) -> None:
     real_build = runner.build_neighbours
@@ -439,12 +451,16 @@ def test_a_run_that_lost_its_lease_stops_without_touching_the_job(ctx: JobContex
         assert holder is not None
         ctx.jobs.release_lease(rec.job_id, holder)
         assert ctx.jobs.acquire_lease(rec.job_id, "another-worker", 30)
+        time.sleep(0.05)  # a write already past its check lands first
+        ctx.jobs.update(rec.job_id, progress=theirs)
 
+    theirs = {**initial_progress(100), "epoch": 57, "phase": "training"}
     when_running(ctx, rec.job_id, steal)
     assert run_job(ctx, rec.job_id) == "abandoned (lease lost)"
     after = state(ctx, rec.job_id)
     assert after.state == "running" and after.finished_at is None
     assert ctx.jobs.lease_holder(rec.job_id) == "another-worker"
+    assert after.progress == theirs  # the new owner's progress, not the stale run's older one
 
 
 def test_orphaned_running_jobs_are_requeued(ctx: JobContext) -> None:
@@ -460,6 +476,88 @@ def test_orphaned_running_jobs_are_requeued(ctx: JobContext) -> None:
     assert state(ctx, waiting.job_id).state == "queued"
     assert [r.job_id for r in ctx.requeued] == [orphan.job_id]  # type: ignore[attr-defined]
     assert requeue_orphans(ctx) == []
+
+
+@pytest.mark.parametrize("where", ["train", "save_model"])
+def test_a_full_disk_fails_the_job_with_a_reason(ctx: JobContext, monkeypatch, where: str) -> None:
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")  # a save is atomic: it leaves nothing behind
+
+    monkeypatch.setattr(runner, where, disk_full)
+    rec = submit(ctx)
+    assert run_job(ctx, rec.job_id) == "failed"
+    after = state(ctx, rec.job_id)
+    assert after.state == "failed" and after.error is not None and after.error.startswith("the store's disk is full")
+    assert not ctx.layout.checkpoint_dir(rec.job_id).exists()
+    assert not ctx.layout.model_dir(rec.target_model_id).exists()
+
+
+def test_queued_jobs_without_a_message_are_sent_again_once(ctx: JobContext) -> None:
+    ctx.settings = ctx.settings.model_copy(update={"sweep_interval_s": 0.3})
+    lost, waiting, taken = submit(ctx), submit(ctx), submit(ctx)
+    ctx.jobs.acquire_lease(taken.job_id, "busy-worker", 30)  # its worker took the message just now
+    in_broker = {waiting.job_id}
+    # First seen without a message: only marked, since its API may be about to send it.
+    assert requeue_unqueued(ctx, lambda: in_broker) == []
+    assert state(ctx, lost.job_id).unqueued_since is not None
+    assert state(ctx, waiting.job_id).unqueued_since is None and state(ctx, taken.job_id).unqueued_since is None
+    assert requeue_unqueued(ctx, lambda: in_broker) == []  # not a whole sweep interval yet
+    time.sleep(0.35)
+    assert requeue_unqueued(ctx, lambda: in_broker) == [lost.job_id]
+    assert [r.job_id for r in ctx.requeued] == [lost.job_id]  # type: ignore[attr-defined]
+    assert state(ctx, lost.job_id).unqueued_since is None
+    in_broker.add(lost.job_id)  # the message sent again waits in the broker
+    time.sleep(0.35)
+    assert requeue_unqueued(ctx, lambda: in_broker) == []
+    assert requeue_unqueued(ctx, lambda: None) == []  # a broker it cannot read: nothing is sent
+    # A mark is cleared when the message turns up, so a later loss waits its own interval.
+    requeue_unqueued(ctx, lambda: set())
+    assert state(ctx, lost.job_id).unqueued_since is not None
+    requeue_unqueued(ctx, lambda: {lost.job_id})
+    assert state(ctx, lost.job_id).unqueued_since is None
+    assert len(ctx.requeued) == 1  # type: ignore[attr-defined]
+
+
+def test_only_one_sweep_at_a_time_sends_a_lost_message(ctx: JobContext, monkeypatch) -> None:
+    monkeypatch.setattr(runner, "_UNQUEUED_LOCK_S", 0.1)
+    ctx.settings = ctx.settings.model_copy(update={"sweep_interval_s": 0.01})
+    lost = submit(ctx)
+    requeue_unqueued(ctx, set)  # marked
+    time.sleep(0.02)
+    with ctx.jobs.exclusive("sweep:unqueued"):  # another worker's sweep is at it: this one steps aside
+        assert requeue_unqueued(ctx, set) == []
+    assert ctx.requeued == []  # type: ignore[attr-defined]
+    assert requeue_unqueued(ctx, set) == [lost.job_id]
+
+
+@pytest.mark.parametrize("broker", ["filesystem", "redis"])
+def test_the_sweep_reads_which_training_messages_wait_in_the_broker(tmp_path: Path, broker: str) -> None:
+    from worker.broker import waiting_job_ids
+    from worker.celery_app import QUEUES, TASK_INDEX, TASK_TRAIN, create_celery
+
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    if broker == "redis":
+        if not redis_available():
+            pytest.skip(f"no Redis server at {REDIS_URL}")
+        settings = WorkerSettings(store=tmp_path, broker_url=REDIS_URL, namespace=namespace)
+    else:
+        settings = WorkerSettings(store=tmp_path)
+    app = create_celery(settings)
+    trains = [new_id(), new_id()]
+    try:
+        assert waiting_job_ids(settings, TASK_TRAIN, QUEUES) == set()
+        app.send_task(TASK_TRAIN, args=[trains[0]], queue="cpu")
+        app.send_task(TASK_TRAIN, args=[trains[1]], queue="gpu", priority=6)
+        app.send_task(TASK_INDEX, args=[new_id()], queue="cpu")  # a model id, not a job's
+        assert waiting_job_ids(settings, TASK_TRAIN, QUEUES) == set(trains)
+        assert waiting_job_ids(settings, TASK_TRAIN, ["cpu"]) == {trains[0]}
+    finally:
+        if broker == "redis":
+            r = redis.Redis.from_url(REDIS_URL)
+            for key in r.scan_iter(f"{namespace}:*"):
+                r.delete(key)
+    amqp = WorkerSettings(store=tmp_path, broker_url="amqp://guest@127.0.0.1//")
+    assert waiting_job_ids(amqp, TASK_TRAIN, QUEUES) is None  # a broker it cannot read
 
 
 def test_exclusive_lock_serialises_check_then_act(jobs: JobStore) -> None:

@@ -51,7 +51,11 @@ def index_stored_model(
         raise ModelFormatError(f"model {model_id} cannot be indexed: {exc}") from exc
     started = time.monotonic()
     table = build_neighbours(
-        model.vectors, k=settings.neighbour_topn, words=settings.neighbour_words, should_stop=should_stop
+        model.vectors,
+        k=settings.neighbour_topn,
+        words=settings.neighbour_words,
+        seconds=settings.neighbour_seconds,
+        should_stop=should_stop,
     )
     if table is None:
         return "too small to index"

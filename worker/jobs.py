@@ -69,6 +69,7 @@ class JobRecord:
     idempotency_key: str | None = None
     worker: str | None = None
     owner: str | None = None  # SHA-256 of the API key that submitted it (never the key); None: keys off
+    unqueued_since: str | None = None  # when a sweep first found it queued with no message (worker.broker)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from model import (
@@ -34,9 +35,9 @@ from model import (
 from model.backend import free_device_memory
 from model.neighbours import build_neighbours
 from worker.joblog import job_log_context
-from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, utcnow
+from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, LockBusy, utcnow
 from worker.settings import WorkerSettings
-from worker.storage import StoreLayout
+from worker.storage import DISK_FULL, StoreLayout
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,10 @@ class _ProgressWriter:
     with the job's outcome.
     """
 
-    def __init__(self, jobs: JobStore, job_id: str, min_interval_s: float) -> None:
-        self.jobs, self.job_id, self.min_interval_s = jobs, job_id, min_interval_s
+    def __init__(
+        self, jobs: JobStore, job_id: str, min_interval_s: float, lease: _Lease | None = None
+    ) -> None:  # fmt: skip
+        self.jobs, self.job_id, self.min_interval_s, self.lease = jobs, job_id, min_interval_s, lease
         self.last: dict[str, Any] | None = None
         self._written_at = -float("inf")
         self._lock = threading.Lock()
@@ -197,7 +200,21 @@ class _ProgressWriter:
             if now - self._written_at < self.min_interval_s:
                 return
             self._written_at = now
+        self._write(d)
+
+    def flush(self) -> None:
+        """Write the last progress seen, however recent the previous write."""
+        if self.last is not None:
+            self._write(self.last)
+
+    def _write(self, d: dict[str, Any]) -> None:
         try:
+            # A run that lost its lease (stopped for longer than its lease, then woken) must not
+            # write its older progress over the new owner's before it notices.
+            if self.lease is not None and (
+                self.lease.lost.is_set() or self.jobs.lease_holder(self.job_id) != self.lease.owner
+            ):
+                return
             self.jobs.update(self.job_id, progress=d)
         except Exception:
             log.warning("job %s: progress write failed", self.job_id, exc_info=True)
@@ -288,7 +305,7 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         shutil.rmtree(model_dir, ignore_errors=True)
 
     device = rec.device if rec.device != "auto" else ctx.settings.device
-    progress = _ProgressWriter(ctx.jobs, job_id, ctx.settings.progress_interval_s)
+    progress = _ProgressWriter(ctx.jobs, job_id, ctx.settings.progress_interval_s, lease)
     stop = _StopCheck(ctx.jobs, job_id, time.monotonic() + ctx.settings.job_time_limit_s, lease)
     try:
         config = TrainConfig.from_dict({**rec.config, "device": device, "threads": ctx.settings.threads})
@@ -305,8 +322,7 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
             should_stop=stop,
         )
     except TrainingCancelled:
-        if progress.last is not None:
-            ctx.jobs.update(job_id, progress=progress.last)
+        progress.flush()
         return _stopped(ctx, rec, stop.reason)
     except EmptyVocabularyError as exc:
         _finish(ctx, job_id, "failed", error=f"empty vocabulary: {exc}")
@@ -315,8 +331,12 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         _finish(ctx, job_id, "failed", error=str(exc))
         return "failed"
     except Exception as exc:
-        log.exception("job %s: training crashed", job_id)
-        _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        if _disk_full(exc):
+            log.error("job %s: the store's disk is full: %s", job_id, exc)
+            _finish(ctx, job_id, "failed", error=_DISK_FULL_ERROR)
+        else:
+            log.exception("job %s: training crashed", job_id)
+            _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"
 
     if not _index_neighbours(ctx, job_id, trained, stop, progress):
@@ -339,10 +359,25 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         save_model(model_dir, trained)
     except FileExistsError:
         log.info("job %s: model %s was saved by a concurrent delivery", job_id, rec.target_model_id)
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        log.error("job %s: the store's disk is full: %s", job_id, exc)
+        _finish(ctx, job_id, "failed", error=_DISK_FULL_ERROR)
+        return "failed"
     final = {k: v for k, v in (progress.last or initial_progress(config.epochs)).items() if k != "phase"}
     _finish(ctx, job_id, "succeeded", model_id=rec.target_model_id, progress=final)
     log.info("job %s: model %s saved", job_id, rec.target_model_id)
     return "succeeded"
+
+
+_DISK_FULL_ERROR = (
+    "the store's disk is full (no space left for the job's checkpoint or model): free space and submit it again"
+)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
 def _index_neighbours(
@@ -370,6 +405,7 @@ def _index_neighbours(
             trained.vectors,
             k=settings.neighbour_topn,
             words=settings.neighbour_words,
+            seconds=settings.neighbour_seconds,
             should_stop=stop,
             progress=report,
         )
@@ -418,4 +454,50 @@ def requeue_orphans(ctx: JobContext) -> list[str]:
                 log.warning("job %s: its worker is gone; re-queued to resume from its last checkpoint", rec.job_id)
                 ctx.requeue(back)
                 requeued.append(rec.job_id)
+    return requeued
+
+
+# The sweep below takes milliseconds; the lock's wait, and its expiry should its holder die.
+_UNQUEUED_LOCK_S = 5.0
+
+
+def requeue_unqueued(ctx: JobContext, waiting: Callable[[], Collection[str] | None]) -> list[str]:
+    """Send again the message of every queued job that has none waiting in the broker.
+
+    Covers a process killed between a job's record and its message: the API before it sent
+    the message, or a worker after it took the message and before it marked the job running
+    (`worker.broker`). `waiting()` reads the job ids whose messages wait in the broker (None:
+    a broker it cannot read). A job is sent again only once a whole sweep interval has passed
+    since a sweep first found it without a message: by then an API that had just created it
+    has sent the message, and a worker that had just taken it holds its lease. The sweeps of
+    all workers take turns under one lock, so a lost message is sent again once.
+    """
+    requeued: list[str] = []
+    try:
+        with ctx.jobs.exclusive("sweep:unqueued", timeout_s=_UNQUEUED_LOCK_S):
+            found = waiting()  # before the records: a message taken meanwhile shows as a lease
+            if found is None:
+                return requeued
+            now = datetime.fromisoformat(utcnow())
+            for rec in ctx.jobs.list(state="queued", limit=10_000):
+                if rec.job_id in found or ctx.jobs.lease_holder(rec.job_id) is not None:
+                    if rec.unqueued_since is not None:
+                        ctx.jobs.update(rec.job_id, unqueued_since=None)
+                    continue
+                if rec.unqueued_since is None:
+                    ctx.jobs.update(rec.job_id, unqueued_since=utcnow())
+                    continue
+                missing_s = (now - datetime.fromisoformat(rec.unqueued_since)).total_seconds()
+                if missing_s < ctx.settings.sweep_interval_s:
+                    continue
+                with job_log_context(rec.job_id):
+                    log.warning(
+                        "job %s: queued for %.0f s with no message in the broker (a process died before "
+                        "sending it, or after taking it); sending it again", rec.job_id, missing_s,
+                    )  # fmt: skip
+                ctx.requeue(rec)
+                ctx.jobs.update(rec.job_id, unqueued_since=None)
+                requeued.append(rec.job_id)
+    except LockBusy:
+        pass  # another worker's sweep is at it
     return requeued

@@ -41,7 +41,11 @@ class WorkerSettings(BaseSettings):
         description="A running job whose worker has not renewed its lease for this long is orphaned.",
     )
     progress_interval_s: float = Field(default=1.0, gt=0, description="Least time between progress writes.")
-    sweep_interval_s: float = Field(default=30.0, gt=0, description="How often a worker re-queues orphaned jobs.")
+    sweep_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often a worker re-queues orphaned jobs, and queued jobs whose message was lost.",
+    )
     threads: int = Field(default=0, ge=0, le=256, description="Training threads per job; 0 means one per core.")
     neighbour_words: int = Field(
         default=100_000,
@@ -55,6 +59,14 @@ class WorkerSettings(BaseSettings):
         ge=0,
         le=1000,
         description="Neighbours kept per word in that table: queries with a larger topn search instead.",
+    )
+    neighbour_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Time a worker spends on that table at most. Its cost grows with the vocabulary (a model "
+        "of 2 M words takes 20 times as long per indexed word as one of 100k): when the time is up, the table "
+        "keeps the most frequent words done by then, and the other words' queries search.",
     )
     nice: int = Field(
         default=0,

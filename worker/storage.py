@@ -6,14 +6,19 @@ Every name under the store that comes from a request is a server-issued id check
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import stat
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
+# The errors of a store whose disk (or the account's quota on it) is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -64,6 +69,19 @@ class StoreLayout:
     def ensure(self) -> None:
         for folder in (self.models, self.corpora, self.jobs, self.checkpoints, self.evaluations, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_uploads(self, older_than_s: float = 3600.0) -> int:
+        """Remove the partial uploads (`tmp/*.part`) that no write has touched for
+        `older_than_s`: what an API process killed mid-upload leaves. A live upload writes to
+        its file all along, so another replica's is never taken. Returns how many went."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.tmp.glob("*.part"):
+            with contextlib.suppress(OSError):  # gone meanwhile: finished or removed by another replica
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def model_dir(self, model_id: str) -> Path:
         return self.models / _checked(model_id)

@@ -15,11 +15,12 @@ from typing import Any
 from celery import Celery, Task, shared_task, signals
 
 from model import ModelFormatError, TrainingCancelled
-from worker.celery_app import TASK_INDEX, TASK_TRAIN
+from worker.broker import waiting_job_ids
+from worker.celery_app import QUEUES, TASK_INDEX, TASK_TRAIN
 from worker.indexing import index_stored_model
 from worker.joblog import job_log_context
 from worker.jobs import JobRecord, open_job_store
-from worker.runner import JobContext, requeue_orphans, run_job, shutdown_requested
+from worker.runner import JobContext, requeue_orphans, requeue_unqueued, run_job, shutdown_requested
 from worker.settings import WorkerSettings
 from worker.storage import StoreLayout
 
@@ -78,11 +79,19 @@ def index_model(self: Task, model_id: str) -> str:
 
 def _sweep_forever(app: Celery, stop: threading.Event) -> None:
     ctx = job_context(app)
+
+    def waiting() -> set[str] | None:
+        return waiting_job_ids(ctx.settings, TASK_TRAIN, QUEUES)
+
     while True:
         try:
             requeue_orphans(ctx)
         except Exception:
             log.warning("orphaned-job sweep failed", exc_info=True)
+        try:
+            requeue_unqueued(ctx, waiting)
+        except Exception:
+            log.warning("sweep for queued jobs without a message failed", exc_info=True)
         if stop.wait(ctx.settings.sweep_interval_s):
             return
 

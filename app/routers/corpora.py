@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.corpora import corpus_lock
 from app.deps import CorporaDep, JobsDep, OwnerDep, ServicesDep
 from app.schemas import CorpusPublic, Name, error_responses
-from app.uploads import receive_upload, upload_label
+from app.uploads import multipart_schema, receive_upload, upload_label
 
 router = APIRouter(prefix="/corpora", tags=["corpora"], responses=error_responses(401, 404, 409, 413, 422, 429, 503))
 
@@ -21,15 +21,7 @@ _UPLOAD_BODY = {
         "content": {
             "text/plain": {"schema": {"type": "string"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string", "maxLength": 200, "description": "A label, as ?name=."},
-                    },
-                }
-            },
+            "multipart/form-data": multipart_schema("A label, as ?name=."),
         },
     }
 }

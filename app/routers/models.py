@@ -18,7 +18,7 @@ from app.deps import ModelsDep, OwnerDep, ServicesDep
 from app.modelstore import ModelNotFound
 from app.schemas import EvaluationPublic, ModelPublic, ModelSummary, Name, error_responses
 from app.services import Services
-from app.uploads import Upload, receive_upload, upload_label
+from app.uploads import Upload, multipart_schema, receive_upload, upload_label
 from model import (
     Model,
     ModelFormatError,
@@ -44,15 +44,7 @@ _FILE_BODY = {
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "text/plain": {"schema": {"type": "string"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string", "maxLength": 200, "description": "A label as ?name= (import)."},
-                    },
-                }
-            },
+            "multipart/form-data": multipart_schema("A label as ?name= (import)."),
         },
     }
 }
