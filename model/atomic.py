@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 _RENAME_EXCHANGE = 2
 
 
@@ -22,6 +24,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Stream:
+    """A file NumPy takes for a plain stream, so it writes through Python's `write`."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+
+    def write(self, data: bytes) -> int:
+        return self._fh.write(data)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """`np.save`, except that a failed write keeps its errno: NumPy's own `tofile` reports a
+    full disk as a bare "N requested and M written", which no caller can tell from any other
+    error, where Python's write raises ENOSPC."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array(_Stream(fh), np.asanyarray(array), allow_pickle=False)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from model.atomic import save_array
 from model.errors import ModelFormatError, ParameterError, TrainingCancelled
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class NeighbourTable:
         records = np.empty(self.n_words, dtype=_dtype(self.k))
         records["row"] = self.rows
         records["score"] = self.scores
-        np.save(path, records, allow_pickle=False)
+        save_array(path, records)
 
     @classmethod
     def load(cls, path: Path, vocab_size: int) -> NeighbourTable:

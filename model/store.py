@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.atomic import publish_dir, replace_existing_dir, staging_dir, unwritable_reason
+from model.atomic import publish_dir, replace_existing_dir, save_array, staging_dir, unwritable_reason
 from model.errors import ModelFormatError
 from model.neighbours import NeighbourTable
 from model.vectors import Vectors
@@ -87,7 +87,7 @@ def save_model(path: str | Path, model: Model, *, overwrite: bool = False, only_
     stage = staging_dir(target)
     try:
         vectors = np.ascontiguousarray(model.vectors.vectors, dtype=np.float32)
-        np.save(stage / VECTORS_FILE, vectors, allow_pickle=False)
+        save_array(stage / VECTORS_FILE, vectors)
         counts = model.vectors.counts
         with (stage / VOCAB_FILE).open("w", encoding="utf-8", newline="\n") as fh:
             for i, word in enumerate(model.vectors.words):

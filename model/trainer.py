@@ -323,9 +323,9 @@ def train(
     )
     tracker = _Tracker(cfg, tc.n_raw_words, progress, progress_interval, start_epoch)
     dev = _device_engine(run, engine, device)
-    if start_epoch >= cfg.epochs:
-        tracker.report_finished(epoch_losses[-1] if epoch_losses else None)
     try:
+        if start_epoch >= cfg.epochs:
+            tracker.report_finished(epoch_losses[-1] if epoch_losses else None)
         for epoch in range(start_epoch, cfg.epochs):
             tracker.start_epoch(epoch)
             if dev is None:

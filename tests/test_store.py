@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from model import Model, ModelFormatError, Vectors, load_model, save_model, store
-from model.atomic import atomic_file, publish_dir, staging_dir
+from model.atomic import atomic_file, publish_dir, save_array, staging_dir
 
 
 def _model(n: int = 50, d: int = 8, seed: int = 0) -> Model:
@@ -148,3 +149,16 @@ def test_atomic_file_keeps_old_content_on_error(tmp_path: Path) -> None:
         raise RuntimeError("killed mid-write")
     assert json.loads(path.read_text()) == {"v": 1}
     assert os.listdir(tmp_path) == ["f.json"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_arrays_are_written_as_np_save_writes_them_and_a_full_disk_says_so(tmp_path: Path) -> None:
+    # NumPy's own writer reports a full disk without an errno (or not at all), so the worker
+    # could not tell a full disk from any other failure and fail the job with that reason.
+    arr = np.random.default_rng(0).random((3000, 7), dtype=np.float32)
+    np.save(tmp_path / "theirs.npy", arr, allow_pickle=False)
+    save_array(tmp_path / "ours.npy", arr)
+    assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "theirs.npy").read_bytes()
+    with pytest.raises(OSError) as raised:
+        save_array(Path("/dev/full"), arr)
+    assert raised.value.errno == errno.ENOSPC

@@ -443,6 +443,31 @@ def test_a_second_delivery_waits_instead_of_training_in_parallel(ctx: JobContext
     assert state(ctx, rec.job_id).attempts == 1
 
 
+def test_a_duplicate_delivery_does_not_hold_its_worker_for_the_other_run(ctx: JobContext) -> None:
+    # Another worker runs the job and renews its lease: a second message (sent again by a
+    # sweep while the first was reserved) waits two lease lifetimes, not the job's time limit.
+    rec = submit(ctx)
+    ctx.jobs.update(rec.job_id, state="running")
+    assert ctx.jobs.acquire_lease(rec.job_id, "busy-worker", ctx.settings.lease_ttl_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.3):
+            ctx.jobs.renew_lease(rec.job_id, "busy-worker", ctx.settings.lease_ttl_s)
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    started = time.monotonic()
+    try:
+        assert run_job(ctx, rec.job_id) == "handled elsewhere"
+    finally:
+        stop.set()
+        renewer.join()
+    waited = time.monotonic() - started
+    assert 2 * ctx.settings.lease_ttl_s <= waited < 2 * ctx.settings.lease_ttl_s + 3
+    assert state(ctx, rec.job_id).attempts == 0  # it never ran
+
+
 def test_a_run_that_lost_its_lease_stops_without_touching_the_job(ctx: JobContext) -> None:
     rec = submit(ctx, lines=20_000, epochs=100)
 
@@ -558,6 +583,8 @@ def test_the_sweep_reads_which_training_messages_wait_in_the_broker(tmp_path: Pa
                 r.delete(key)
     amqp = WorkerSettings(store=tmp_path, broker_url="amqp://guest@127.0.0.1//")
     assert waiting_job_ids(amqp, TASK_TRAIN, QUEUES) is None  # a broker it cannot read
+    elsewhere = WorkerSettings(store=tmp_path / "no-broker-here")
+    assert waiting_job_ids(elsewhere, TASK_TRAIN, QUEUES) is None  # no folder: cannot tell, not "none"
 
 
 def test_exclusive_lock_serialises_check_then_act(jobs: JobStore) -> None:

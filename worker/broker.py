@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.settings import WorkerSettings
-from worker.storage import is_id
+from worker.storage import StoreLayout, is_id
 
 # kombu's Redis transport keeps a queue's messages of priority p > 0 under "<queue>\x06\x16<p>".
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
@@ -33,7 +33,8 @@ def waiting_job_ids(settings: WorkerSettings, task: str, queues: Iterable[str]) 
     if settings.uses_redis:
         return _from_redis(settings, task, queues)
     if not settings.broker_url:
-        return _from_folder(Path(settings.store) / "queue" / "messages", task, queues)
+        # The folder Celery's transport options name (worker.celery_app), resolved the same way.
+        return _from_folder(StoreLayout.at(settings.store).queue / "messages", task, queues)
     return None
 
 
@@ -55,14 +56,14 @@ def _from_redis(settings: WorkerSettings, task: str, queues: Iterable[str]) -> s
         client.close()
 
 
-def _from_folder(folder: Path, task: str, queues: Iterable[str]) -> set[str]:
+def _from_folder(folder: Path, task: str, queues: Iterable[str]) -> set[str] | None:
     # kombu's filesystem transport names a message file "<time>_<uuid>.<queue>.msg".
     suffixes = tuple(f".{queue}.msg" for queue in queues)
     found: set[str] = set()
     try:
         paths = list(folder.iterdir())
-    except FileNotFoundError:
-        return found
+    except OSError:  # not the folder the broker uses (it makes it at start-up): cannot tell
+        return None
     for path in paths:
         if not path.name.endswith(suffixes):
             continue

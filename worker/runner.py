@@ -221,12 +221,16 @@ class _ProgressWriter:
 
 
 def _wait_for_lease(ctx: JobContext, job_id: str, owner: str) -> bool:
-    """Take the job's lease; if another worker holds it, wait until it finishes or its lease lapses.
+    """Take the job's lease; if another worker holds it, wait a while for it to finish or lapse.
 
-    A second delivery of a message whose first run is alive (visibility timeout, or the
-    recovery sweep racing a slow heartbeat) must not start a parallel run.
+    A second delivery of a message whose first run is alive (visibility timeout, a message
+    sent again by a sweep while a worker held the first one reserved, or the recovery sweep
+    racing a slow heartbeat) must not start a parallel run. Nor may it hold its worker for
+    the whole of the other run: after two lease lifetimes with the lease renewed all along,
+    the other run is alive and this delivery is dropped. Should that run die later, the
+    orphan sweep queues the job again.
     """
-    deadline = time.monotonic() + ctx.settings.job_time_limit_s + ctx.settings.lease_ttl_s
+    deadline = time.monotonic() + 2 * ctx.settings.lease_ttl_s
     while True:
         if ctx.jobs.acquire_lease(job_id, owner, ctx.settings.lease_ttl_s):
             return True
@@ -284,7 +288,9 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         )
         return "gave up"
     started_at = current.started_at or utcnow()
-    rec = ctx.jobs.transition(job_id, ACTIVE, state="running", started_at=started_at, worker=owner)
+    rec = ctx.jobs.transition(
+        job_id, ACTIVE, state="running", started_at=started_at, worker=owner, unqueued_since=None
+    )
     if rec is None:
         return "cancelled before start"
     if rec.cancel_requested:
@@ -433,7 +439,9 @@ def _stopped(ctx: JobContext, rec: JobRecord, reason: str | None) -> str:
         return "failed (time limit)"
     if reason == "shutdown":
         # Hand the job back with its checkpoints; the attempt is not held against it.
-        back = ctx.jobs.transition(job_id, {"running"}, state="queued", attempts=max(0, rec.attempts - 1))
+        back = ctx.jobs.transition(
+            job_id, {"running"}, state="queued", attempts=max(0, rec.attempts - 1), unqueued_since=None
+        )
         if back is not None:
             ctx.requeue(back)
         return "re-queued (worker shutting down)"
@@ -449,7 +457,9 @@ def requeue_orphans(ctx: JobContext) -> list[str]:
     requeued = []
     for rec in ctx.jobs.list(state="running", limit=10_000):
         with job_log_context(rec.job_id):
-            back = ctx.jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued")
+            back = ctx.jobs.transition(
+                rec.job_id, {"running"}, require_no_lease=True, state="queued", unqueued_since=None
+            )
             if back is not None:
                 log.warning("job %s: its worker is gone; re-queued to resume from its last checkpoint", rec.job_id)
                 ctx.requeue(back)
@@ -457,8 +467,9 @@ def requeue_orphans(ctx: JobContext) -> list[str]:
     return requeued
 
 
-# The sweep below takes milliseconds; the lock's wait, and its expiry should its holder die.
-_UNQUEUED_LOCK_S = 5.0
+# The lock's wait, and its expiry should its holder die: well beyond what a sweep takes (a
+# broker read of up to 10 s, a read per queued job), so two sweeps never overlap.
+_UNQUEUED_LOCK_S = 60.0
 
 
 def requeue_unqueued(ctx: JobContext, waiting: Callable[[], Collection[str] | None]) -> list[str]:
