@@ -83,6 +83,33 @@ def test_most_similar_matches_gensim(store, search_path, kwargs) -> None:
     assert (ours._packed is not None) == (search_path == "int8-vnni")
 
 
+def test_a_crowded_store_s_long_int8_shortlists_are_narrowed_and_stay_exact(monkeypatch) -> None:
+    # Vectors sharing one direction put thousands of rows within the int8 scan's error of the
+    # top; they are narrowed in float32 before the exact rescoring, with the same answers.
+    rng = np.random.default_rng(8)
+    arr = rng.standard_normal(16).astype(np.float32) * 4 + 0.05 * rng.standard_normal((20000, 16)).astype(np.float32)
+    words = [f"c{i}" for i in range(20000)]
+    plain, scanned = Vectors(words, arr), Vectors(words, arr)
+    asked = [(word, topn) for word in words[::2000] for topn in (1, 10, 300)]
+    expected = [plain.most_similar(word, topn=topn) for word, topn in asked]  # the float32 product
+    assert plain._int8 is None
+    use_int8_kernel(monkeypatch, "scan", scanned)
+    monkeypatch.setattr(vectors_module, "_INT8_AFTER_SEARCHES", 0)
+    long_lists: list[int] = []
+    real = Vectors._narrowed
+
+    def spy(self: Vectors, rows: np.ndarray, mean: np.ndarray, topn: int) -> np.ndarray:
+        narrowed = real(self, rows, mean, topn)
+        if len(rows) > vectors_module._INT8_NARROW_ROWS:
+            long_lists.append(len(rows))
+            assert len(narrowed) < len(rows)
+        return narrowed
+
+    monkeypatch.setattr(Vectors, "_narrowed", spy)
+    assert [scanned.most_similar(word, topn=topn) for word, topn in asked] == expected
+    assert scanned._int8 is not None and scanned._packed is None and long_lists
+
+
 def test_int8_copy_is_built_only_after_enough_small_searches(monkeypatch) -> None:
     monkeypatch.setattr(vectors_module, "_INT8_MIN_VALUES", 0)
     rng = np.random.default_rng(1)
