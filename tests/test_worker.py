@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -517,8 +518,14 @@ def test_a_full_disk_fails_the_job_with_a_reason(ctx: JobContext, monkeypatch, w
     assert not ctx.layout.model_dir(rec.target_model_id).exists()
 
 
-def test_queued_jobs_without_a_message_are_sent_again_once(ctx: JobContext) -> None:
-    ctx.settings = ctx.settings.model_copy(update={"sweep_interval_s": 0.3})
+def test_queued_jobs_without_a_message_are_sent_again_once(ctx: JobContext, monkeypatch) -> None:
+    ctx.settings = ctx.settings.model_copy(update={"sweep_interval_s": 30})
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]  # the sweep's clock, moved by hand
+
+    def tick(seconds: float) -> None:
+        clock[0] += timedelta(seconds=seconds)
+
+    monkeypatch.setattr(runner, "utcnow", lambda: clock[0].isoformat(timespec="milliseconds"))
     lost, waiting, taken = submit(ctx), submit(ctx), submit(ctx)
     ctx.jobs.acquire_lease(taken.job_id, "busy-worker", 30)  # its worker took the message just now
     in_broker = {waiting.job_id}
@@ -526,13 +533,14 @@ def test_queued_jobs_without_a_message_are_sent_again_once(ctx: JobContext) -> N
     assert requeue_unqueued(ctx, lambda: in_broker) == []
     assert state(ctx, lost.job_id).unqueued_since is not None
     assert state(ctx, waiting.job_id).unqueued_since is None and state(ctx, taken.job_id).unqueued_since is None
+    tick(29)
     assert requeue_unqueued(ctx, lambda: in_broker) == []  # not a whole sweep interval yet
-    time.sleep(0.35)
+    tick(1)
     assert requeue_unqueued(ctx, lambda: in_broker) == [lost.job_id]
     assert [r.job_id for r in ctx.requeued] == [lost.job_id]  # type: ignore[attr-defined]
     assert state(ctx, lost.job_id).unqueued_since is None
     in_broker.add(lost.job_id)  # the message sent again waits in the broker
-    time.sleep(0.35)
+    tick(60)
     assert requeue_unqueued(ctx, lambda: in_broker) == []
     assert requeue_unqueued(ctx, lambda: None) == []  # a broker it cannot read: nothing is sent
     # A mark is cleared when the message turns up, so a later loss waits its own interval.
@@ -541,6 +549,25 @@ def test_queued_jobs_without_a_message_are_sent_again_once(ctx: JobContext) -> N
     requeue_unqueued(ctx, lambda: {lost.job_id})
     assert state(ctx, lost.job_id).unqueued_since is None
     assert len(ctx.requeued) == 1  # type: ignore[attr-defined]
+
+
+def test_a_job_its_api_never_answered_for_is_not_run_twice(ctx: JobContext) -> None:
+    # The API records a job, binds its Idempotency-Key to it, then sends its message. Killed
+    # before the binding, its client got no answer, and a retry with the key makes a job of
+    # its own: the unbound one is failed with the reason instead of trained a second time.
+    ctx.settings = ctx.settings.model_copy(update={"sweep_interval_s": 0.01})
+    unbound, retried, answered = submit(ctx), submit(ctx), submit(ctx)
+    for rec, key in ((unbound, "key-a"), (retried, "key-b"), (answered, "key-c")):
+        ctx.jobs.update(rec.job_id, idempotency_key=key)
+    assert ctx.jobs.reserve_idempotency_key("key-b", new_id(), "fp") is None  # the retry's own job
+    assert ctx.jobs.reserve_idempotency_key("key-c", answered.job_id, "fp") is None
+    requeue_unqueued(ctx, set)
+    time.sleep(0.02)
+    assert requeue_unqueued(ctx, set) == [answered.job_id]
+    for rec in (unbound, retried):
+        after = state(ctx, rec.job_id)
+        assert after.state == "failed" and (after.error or "").startswith("not run: the API stopped")
+    assert state(ctx, answered.job_id).state == "queued"
 
 
 def test_only_one_sweep_at_a_time_sends_a_lost_message(ctx: JobContext, monkeypatch) -> None:

@@ -35,7 +35,7 @@ from model import (
 from model.backend import free_device_memory
 from model.neighbours import build_neighbours
 from worker.joblog import job_log_context
-from worker.jobs import ACTIVE, TERMINAL, JobRecord, JobStore, LockBusy, utcnow
+from worker.jobs import ACTIVE, IDEMPOTENCY_TTL_S, TERMINAL, JobRecord, JobStore, LockBusy, utcnow
 from worker.settings import WorkerSettings
 from worker.storage import DISK_FULL, StoreLayout
 
@@ -467,6 +467,24 @@ def requeue_orphans(ctx: JobContext) -> list[str]:
     return requeued
 
 
+_NEVER_ANSWERED_ERROR = (
+    "not run: the API stopped between recording this job and answering for it, so its client was never "
+    "told of it; a retry with the same Idempotency-Key makes a job of its own"
+)
+
+
+def _never_answered(ctx: JobContext, rec: JobRecord, now: datetime) -> bool:
+    """Whether the API stopped after recording the job and before binding its Idempotency-Key
+    to it: running it too would train twice for a client whose retry made its own job."""
+    if rec.idempotency_key is None:
+        return False
+    bound = ctx.jobs.lookup_idempotency_key(rec.idempotency_key)
+    if bound is not None:
+        return bound[0] != rec.job_id
+    # No binding: never made, or expired with age, which says nothing about this job.
+    return (now - datetime.fromisoformat(rec.created_at)).total_seconds() < IDEMPOTENCY_TTL_S
+
+
 # The lock's wait, and its expiry should its holder die: well beyond what a sweep takes (a
 # broker read of up to 10 s, a read per queued job), so two sweeps never overlap.
 _UNQUEUED_LOCK_S = 60.0
@@ -500,6 +518,11 @@ def requeue_unqueued(ctx: JobContext, waiting: Callable[[], Collection[str] | No
                     continue
                 missing_s = (now - datetime.fromisoformat(rec.unqueued_since)).total_seconds()
                 if missing_s < ctx.settings.sweep_interval_s:
+                    continue
+                if _never_answered(ctx, rec, now):
+                    with job_log_context(rec.job_id):
+                        log.warning("job %s: its API stopped before answering for it; not run", rec.job_id)
+                    _finish(ctx, rec.job_id, "failed", error=_NEVER_ANSWERED_ERROR)
                     continue
                 with job_log_context(rec.job_id):
                     log.warning(
