@@ -32,7 +32,7 @@ from model import (
     UnknownWordError,
 )
 from worker.jobs import LockBusy
-from worker.storage import DISK_FULL
+from worker.storage import is_disk_full
 
 
 class JobNotFound(LookupError):
@@ -194,8 +194,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def os_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, OSError)
-        if exc.errno not in DISK_FULL:
+        if not is_disk_full(exc):
             raise exc  # to the catch-all below, which logs its traceback
         return _detail(
             status.HTTP_507_INSUFFICIENT_STORAGE,

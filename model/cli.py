@@ -73,16 +73,24 @@ class ProgressBar:
 
     def __call__(self, p: Progress) -> None:
         frac = p.words_done / p.words_total if p.words_total else 1.0
-        filled = int(frac * self.width)
         eta = f"{p.eta_s:5.0f}s" if p.eta_s is not None else "   ?s"
         loss = f"{p.loss:.4f}" if p.loss is not None else "-"
         line = (
-            f"[{'#' * filled}{'.' * (self.width - filled)}] {frac * 100:5.1f}% epoch {p.epoch}/{p.epochs} "
+            f"{self.gauge(frac)} epoch {p.epoch}/{p.epochs} "
             f"{p.words_per_sec / 1e3:8.0f}k words/s loss {loss} lr {p.alpha:.5f} eta {eta}"
         )
+        self.show(line, logged=line != self.last_line)
+
+    def gauge(self, frac: float) -> str:
+        """The bar and the percentage: "[####......]  40.0%"."""
+        filled = int(frac * self.width)
+        return f"[{'#' * filled}{'.' * (self.width - filled)}] {frac * 100:5.1f}%"
+
+    def show(self, line: str, *, logged: bool) -> None:
+        """Rewrite the line on a terminal; elsewhere (a log) append it when `logged`."""
         if self.interactive:
             self.stream.write("\r" + line)
-        elif line != self.last_line:
+        elif logged:
             self.stream.write(line + "\n")
         self.stream.flush()
         self.last_line = line
@@ -102,23 +110,13 @@ class IndexProgress:
         self.tenths = -1
 
     def __call__(self, done: int, total: int) -> None:
-        bar = self.bar
         frac = done / total if total else 1.0
-        filled = int(frac * bar.width)
         elapsed = time.perf_counter() - self.start
         eta = f"{elapsed * (total - done) / done:5.0f}s" if done else "   ?s"
-        line = (
-            f"[{'#' * filled}{'.' * (bar.width - filled)}] {frac * 100:5.1f}% "
-            f"neighbours of {done}/{total} words eta {eta}"
-        )
-        if bar.interactive:
-            bar.stream.write("\r" + line)
-        elif self.tenths != (tenths := int(frac * 10)):
-            # A log gets a line per tenth: the build reports every chunk, hundreds of times.
-            self.tenths = tenths
-            bar.stream.write(line + "\n")
-        bar.stream.flush()
-        bar.last_line = line
+        # A log gets a line per tenth: the build reports every chunk, hundreds of times.
+        tenths = int(frac * 10)
+        logged, self.tenths = tenths != self.tenths, tenths
+        self.bar.show(f"{self.bar.gauge(frac)} neighbours of {done}/{total} words eta {eta}", logged=logged)
 
     def close(self) -> None:
         self.bar.close()

@@ -37,7 +37,7 @@ from model.neighbours import build_neighbours
 from worker.joblog import job_log_context
 from worker.jobs import ACTIVE, IDEMPOTENCY_TTL_S, TERMINAL, JobRecord, JobStore, LockBusy, utcnow
 from worker.settings import WorkerSettings
-from worker.storage import DISK_FULL, StoreLayout
+from worker.storage import StoreLayout, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,7 @@ class _ProgressWriter:
     with the job's outcome.
     """
 
-    def __init__(
-        self, jobs: JobStore, job_id: str, min_interval_s: float, lease: _Lease | None = None
-    ) -> None:  # fmt: skip
+    def __init__(self, jobs: JobStore, job_id: str, min_interval_s: float, lease: _Lease) -> None:
         self.jobs, self.job_id, self.min_interval_s, self.lease = jobs, job_id, min_interval_s, lease
         self.last: dict[str, Any] | None = None
         self._written_at = -float("inf")
@@ -211,9 +209,7 @@ class _ProgressWriter:
         try:
             # A run that lost its lease (stopped for longer than its lease, then woken) must not
             # write its older progress over the new owner's before it notices.
-            if self.lease is not None and (
-                self.lease.lost.is_set() or self.jobs.lease_holder(self.job_id) != self.lease.owner
-            ):
+            if self.lease.lost.is_set() or self.jobs.lease_holder(self.job_id) != self.lease.owner:
                 return
             self.jobs.update(self.job_id, progress=d)
         except Exception:
@@ -337,12 +333,10 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
         _finish(ctx, job_id, "failed", error=str(exc))
         return "failed"
     except Exception as exc:
-        if _disk_full(exc):
-            log.error("job %s: the store's disk is full: %s", job_id, exc)
-            _finish(ctx, job_id, "failed", error=_DISK_FULL_ERROR)
-        else:
-            log.exception("job %s: training crashed", job_id)
-            _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        if is_disk_full(exc):
+            return _fail_disk_full(ctx, job_id, exc)
+        log.exception("job %s: training crashed", job_id)
+        _finish(ctx, job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"
 
     if not _index_neighbours(ctx, job_id, trained, stop, progress):
@@ -366,24 +360,23 @@ def _run_owned(ctx: JobContext, job_id: str, owner: str, lease: _Lease) -> str:
     except FileExistsError:
         log.info("job %s: model %s was saved by a concurrent delivery", job_id, rec.target_model_id)
     except OSError as exc:
-        if not _disk_full(exc):
+        if not is_disk_full(exc):
             raise
-        log.error("job %s: the store's disk is full: %s", job_id, exc)
-        _finish(ctx, job_id, "failed", error=_DISK_FULL_ERROR)
-        return "failed"
+        return _fail_disk_full(ctx, job_id, exc)
     final = {k: v for k, v in (progress.last or initial_progress(config.epochs)).items() if k != "phase"}
     _finish(ctx, job_id, "succeeded", model_id=rec.target_model_id, progress=final)
     log.info("job %s: model %s saved", job_id, rec.target_model_id)
     return "succeeded"
 
 
-_DISK_FULL_ERROR = (
-    "the store's disk is full (no space left for the job's checkpoint or model): free space and submit it again"
-)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+def _fail_disk_full(ctx: JobContext, job_id: str, exc: OSError) -> str:
+    log.error("job %s: the store's disk is full: %s", job_id, exc)
+    _finish(
+        ctx, job_id, "failed",
+        error="the store's disk is full (no space left for the job's checkpoint or model): free space and "
+        "submit it again",
+    )  # fmt: skip
+    return "failed"
 
 
 def _index_neighbours(
@@ -507,14 +500,15 @@ def requeue_unqueued(ctx: JobContext, waiting: Callable[[], Collection[str] | No
             found = waiting()  # before the records: a message taken meanwhile shows as a lease
             if found is None:
                 return requeued
-            now = datetime.fromisoformat(utcnow())
+            stamp = utcnow()
+            now = datetime.fromisoformat(stamp)
             for rec in ctx.jobs.list(state="queued", limit=10_000):
                 if rec.job_id in found or ctx.jobs.lease_holder(rec.job_id) is not None:
                     if rec.unqueued_since is not None:
                         ctx.jobs.update(rec.job_id, unqueued_since=None)
                     continue
                 if rec.unqueued_since is None:
-                    ctx.jobs.update(rec.job_id, unqueued_since=utcnow())
+                    ctx.jobs.update(rec.job_id, unqueued_since=stamp)
                     continue
                 missing_s = (now - datetime.fromisoformat(rec.unqueued_since)).total_seconds()
                 if missing_s < ctx.settings.sweep_interval_s:

@@ -15,11 +15,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 # The errors of a store whose disk (or the account's quota on it) is full.
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ID_RE = re.compile(ID_PATTERN)
+
+
+def is_disk_full(exc: BaseException) -> TypeGuard[OSError]:
+    """Whether `exc` says the store's disk (or the account's quota on it) is full."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 def new_id() -> str:
