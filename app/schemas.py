@@ -147,6 +147,12 @@ class JobPublic(BaseModel):
     config: dict[str, Any]
     attempts: int
     cancel_requested: bool
+    stalled: bool = Field(
+        False,
+        description="Running, but its worker has stopped renewing the job's lease (killed, or frozen): a "
+        "worker's sweep puts the job back on the queue within a lease lifetime plus a sweep interval, "
+        "and it resumes from its last checkpoint.",
+    )
 
 
 class CorpusPublic(BaseModel):

@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,26 @@ def test_list_jobs_filters_by_state(client: TestClient) -> None:
     assert len(client.get("/jobs?limit=1").json()) == 1
     r = client.get("/jobs?state=done")
     assert r.status_code == 422 and "state" in error_fields(r)
+
+
+def test_a_running_job_whose_worker_stopped_renewing_its_lease_is_shown_stalled(
+    client: TestClient, layout: StoreLayout
+) -> None:
+    corpus = corpus_upload(client, b"a b\n")
+    job_id = client.post("/train", json={"corpus_id": corpus["id"]}).json()["job_id"]
+    assert client.get(f"/jobs/{job_id}").json()["stalled"] is False  # queued: no worker expected yet
+
+    jobs = FileJobStore(layout.jobs)
+    assert jobs.acquire_lease(job_id, "w1", ttl_s=0.3)
+    jobs.transition(job_id, {"queued"}, state="running", worker="w1")
+    assert client.get(f"/jobs/{job_id}").json()["stalled"] is False
+    time.sleep(0.4)  # the worker is gone: its lease lapses unrenewed
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "running" and job["stalled"] is True
+    assert [j["stalled"] for j in client.get("/jobs").json()] == [True]
+
+    jobs.transition(job_id, {"running"}, state="succeeded", model_id=MISSING_ID)
+    assert client.get(f"/jobs/{job_id}").json()["stalled"] is False
 
 
 def test_cancel_queued_running_and_finished_jobs(client: TestClient, layout: StoreLayout) -> None:

@@ -254,6 +254,9 @@ def test_killed_worker_job_resumes_from_checkpoint(
         Processes.kill(first)  # kill -9, mid-epoch, no chance to clean up
         first.wait(timeout=10)
         assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
+        # No worker is left to sweep it back onto the queue; clients see it has lost its worker.
+        wait_until(lambda: client.get(f"/jobs/{job_id}").json()["stalled"], 10, "the job to show as stalled")
+        assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
 
         # Twice: the second worker is killed too once it has resumed and trained further.
         second = start_worker(processes, env, queues=None)

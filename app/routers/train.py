@@ -45,10 +45,23 @@ SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
 
-def job_public(rec: JobRecord) -> JobPublic:
+def job_public(rec: JobRecord, *, stalled: bool = False) -> JobPublic:
     progress = {**initial_progress(int(rec.config.get("epochs", 0))), **(rec.progress or {})}
-    fields = {name: getattr(rec, name) for name in JobPublic.model_fields if name != "progress"}
-    return JobPublic.model_validate({**fields, "progress": progress})
+    fields = {name: getattr(rec, name) for name in JobPublic.model_fields if name not in ("progress", "stalled")}
+    return JobPublic.model_validate({**fields, "progress": progress, "stalled": stalled})
+
+
+def job_view(jobs: JobStore, rec: JobRecord) -> JobPublic:
+    """The job as clients see it, with `stalled` set when its running worker has gone quiet.
+
+    A worker holds the job's lease from before it marks the job running until after it marks
+    it finished, so a running job without a lease has lost its worker. The record is read
+    again once the lease is found missing: a run that finished in between is not stalled.
+    """
+    if rec.state != "running" or jobs.lease_holder(rec.job_id) is not None:
+        return job_public(rec)
+    fresh = jobs.get(rec.job_id) or rec
+    return job_public(fresh, stalled=fresh.state == "running")
 
 
 def _accepted(request: Request, rec: JobRecord) -> TrainAccepted:
@@ -204,9 +217,9 @@ def list_jobs(
 ) -> list[JobPublic]:
     """Jobs, newest first."""
     if owner is None:
-        return [job_public(rec) for rec in jobs.list(state=state, limit=limit)]
+        return [job_view(jobs, rec) for rec in jobs.list(state=state, limit=limit)]
     mine = [rec for rec in jobs.list(state=state, limit=1_000_000) if visible(rec.owner, owner)]
-    return [job_public(rec) for rec in mine[:limit]]
+    return [job_view(jobs, rec) for rec in mine[:limit]]
 
 
 def _job(jobs: Any, job_id: str, owner: Owner = None) -> JobRecord:
@@ -218,7 +231,7 @@ def _job(jobs: Any, job_id: str, owner: Owner = None) -> JobRecord:
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JobPublic:
-    return job_public(_job(jobs, job_id, owner))
+    return job_view(jobs, _job(jobs, job_id, owner))
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -257,7 +270,7 @@ def cancel_job(job_id: str, jobs: JobsDep, services: ServicesDep, response: Resp
     flagged = jobs.transition(job_id, {"running"}, cancel_requested=True)
     if flagged is not None:
         response.status_code = status.HTTP_202_ACCEPTED
-        return job_public(flagged)
+        return job_view(jobs, flagged)
     rec = _job(jobs, job_id, owner)
     if rec.state == "cancelled":
         return job_public(rec)
@@ -286,7 +299,7 @@ async def job_events(job_id: str, jobs: JobsDep, owner: OwnerDep) -> StreamingRe
             if rec is None:
                 yield f"event: error\ndata: {json.dumps({'detail': f'job {job_id!r} not found'})}\n\n"
                 return
-            payload = job_public(rec).model_dump_json()
+            payload = (await run_in_threadpool(job_view, jobs, rec)).model_dump_json()
             if rec.state in TERMINAL:
                 seq += 1
                 yield f"id: {seq}\nevent: end\ndata: {payload}\n\n"

@@ -317,13 +317,15 @@
     $("#job-progress").setAttribute("aria-valuenow", pct);
     if (job.name) $("#job-name").textContent = job.name;
     const badge = $("#job-state");
-    badge.textContent = job.state;
-    badge.className = `badge ${job.state}`;
+    badge.textContent = job.stalled ? "worker lost" : job.state;
+    badge.className = `badge ${job.stalled ? "queued" : job.state}`;
+    badge.title = job.stalled ? "Its worker stopped: the job goes back on the queue and resumes from its last checkpoint." : "";
     $("#job-epoch").textContent = p.epochs ? `${p.epoch || 0} / ${p.epochs}` : "–";
     $("#job-speed").textContent = fmtRate(p.words_per_sec);
     $("#job-eta").textContent =
       job.state === "running" && p.phase === "indexing"
         ? `indexing neighbours ${p.neighbour_words_done || 0} / ${p.neighbour_words_total || "?"}`
+        : job.stalled ? "waiting to resume"
         : job.state === "running" ? fmtDuration(p.eta_s) : job.state === "succeeded" ? "done" : "–";
     // The trainer's closing report can carry no loss (no words since the one before): keep the last known.
     const lastLoss = state.loss.length ? state.loss[state.loss.length - 1].y : null;
