@@ -36,8 +36,8 @@ class Services:
 def open_services(settings: Settings) -> Services:
     layout = StoreLayout.at(settings.store)
     layout.ensure()
-    if removed := layout.remove_stale_uploads():
-        log.info("removed %d partial uploads left by an API process that was killed", removed)
+    if removed := layout.remove_stale_temp_files():
+        log.info("removed %d partial uploads or exports left by an API process that was killed", removed)
     return Services(
         settings=settings,
         layout=layout,

@@ -317,10 +317,10 @@ def test_a_multipart_body_cut_off_before_its_end_is_refused(
     assert r.status_code == 201 and r.json()["text_bytes"] == 5
 
 
-def test_startup_removes_partial_uploads_a_killed_api_left(settings: Settings) -> None:
+def test_startup_removes_partial_uploads_and_exports_a_killed_api_left(settings: Settings) -> None:
     layout = StoreLayout.at(settings.store)
     layout.ensure()
-    stale = [layout.tmp / "upload-a.part", layout.tmp / "inline-b.part"]
+    stale = [layout.tmp / "upload-a.part", layout.tmp / "inline-b.part", layout.tmp / "export-d.bin"]
     live, other = layout.tmp / "upload-c.part", layout.tmp / "deleted-model"
     for path in (*stale, live):
         path.write_bytes(b"half a corpus")
@@ -329,7 +329,7 @@ def test_startup_removes_partial_uploads_a_killed_api_left(settings: Settings) -
         os.utime(path, (0, time.time() - 7200))  # untouched for two hours
     with TestClient(create_app(settings)) as started:
         assert started.get("/healthz").status_code == 200
-    assert [p.exists() for p in stale] == [False, False]
+    assert [p.exists() for p in stale] == [False, False, False]
     assert live.exists() and other.exists()  # an upload in progress elsewhere; not an upload
 
 

@@ -76,13 +76,15 @@ class StoreLayout:
         for folder in (self.models, self.corpora, self.jobs, self.checkpoints, self.evaluations, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def remove_stale_uploads(self, older_than_s: float = 3600.0) -> int:
-        """Remove the partial uploads (`tmp/*.part`) that no write has touched for
-        `older_than_s`: what an API process killed mid-upload leaves. A live upload writes to
-        its file all along, so another replica's is never taken. Returns how many went."""
+    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Remove the partial uploads (`tmp/*.part`) and model exports (`tmp/export-*`) that no
+        write has touched for `older_than_s`: what an API process killed mid-upload or mid-download
+        leaves. A live upload writes to its file all along, so another replica's is never taken;
+        an export being sent reads from a file it holds open, which removing its name leaves
+        readable. Returns how many went."""
         cutoff = time.time() - older_than_s
         removed = 0
-        for path in self.tmp.glob("*.part"):
+        for path in (*self.tmp.glob("*.part"), *self.tmp.glob("export-*")):
             with contextlib.suppress(OSError):  # gone meanwhile: finished or removed by another replica
                 if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
                     path.unlink()
