@@ -126,6 +126,18 @@ def test_transition_can_require_that_nobody_holds_the_lease(jobs: JobStore) -> N
     assert jobs.transition(rec.job_id, {"running"}, require_no_lease=True, state="queued") is not None
 
 
+def test_a_progress_write_can_require_that_its_writer_holds_the_lease(jobs: JobStore) -> None:
+    rec = record(state="running")
+    jobs.create(rec)
+    assert not jobs.update(rec.job_id, lease_owner="w1", progress={"epoch": 1})  # nobody holds it
+    assert jobs.acquire_lease(rec.job_id, "w1", 30)
+    assert jobs.update(rec.job_id, lease_owner="w1", progress={"epoch": 2})
+    assert not jobs.update(rec.job_id, lease_owner="w2", progress={"epoch": 9})  # a run that lost it
+    assert (jobs.get(rec.job_id) or rec).progress == {"epoch": 2}
+    assert jobs.update(rec.job_id, progress={"epoch": 3})  # no owner named: written regardless
+    assert not jobs.update(new_id(), lease_owner="w1", progress={"epoch": 1})
+
+
 def test_lease_is_exclusive_renewable_and_expires(jobs: JobStore) -> None:
     rec = record()
     jobs.create(rec)

@@ -102,9 +102,10 @@ class JobStore(ABC):
     def delete(self, job_id: str) -> None: ...
 
     @abstractmethod
-    def update(self, job_id: str, **values: Any) -> None:
+    def update(self, job_id: str, *, lease_owner: str | None = None, **values: Any) -> bool:
         """Write fields without looking at the state (progress reports); a job that no longer
-        exists stays deleted."""
+        exists stays deleted. With `lease_owner`, write only while that owner holds the job's
+        lease, checked in the same step as the write. Returns whether it wrote."""
 
     @abstractmethod
     def transition(
@@ -174,10 +175,12 @@ if #ARGV > n + 2 then redis.call('HSET', KEYS[1], unpack(ARGV, n + 3)) end
 return 1
 """
 
-# A late progress write (a worker past its lease) must not recreate a deleted job as a stub.
+# A late progress write (a worker past its lease) must not recreate a deleted job as a stub,
+# nor, when ARGV[1] names the lease's owner, land after another worker has taken the lease.
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
@@ -260,10 +263,11 @@ class RedisJobStore(JobStore):
         pipe.zrem(self._index(), job_id)
         pipe.execute()
 
-    def update(self, job_id: str, **values: Any) -> None:
+    def update(self, job_id: str, *, lease_owner: str | None = None, **values: Any) -> bool:
         args = [item for pair in _encode(values).items() for item in pair]
-        if args:
-            self._update(keys=[self._job(job_id)], args=args)
+        if not args:
+            return False
+        return bool(self._update(keys=[self._job(job_id), self._lease(job_id)], args=[lease_owner or "", *args]))
 
     def transition(
         self, job_id: str, allowed: Collection[str], *, require_no_lease: bool = False, **values: Any
@@ -413,12 +417,16 @@ class FileJobStore(JobStore):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    def update(self, job_id: str, **values: Any) -> None:
+    def update(self, job_id: str, *, lease_owner: str | None = None, **values: Any) -> bool:
         with self._locked():
             data = self._read(self._path(job_id))
-            if data is not None:
-                data.update(values)
-                self._write(self._path(job_id), data, durable=False)
+            if data is None:
+                return False
+            if lease_owner is not None and (self._lease(job_id) or {}).get("owner") != lease_owner:
+                return False
+            data.update(values)
+            self._write(self._path(job_id), data, durable=False)
+            return True
 
     def _lease(self, job_id: str) -> dict[str, Any] | None:
         lease = self._read(self._lease_path(job_id))

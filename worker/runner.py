@@ -209,9 +209,8 @@ class _ProgressWriter:
         try:
             # A run that lost its lease (stopped for longer than its lease, then woken) must not
             # write its older progress over the new owner's before it notices.
-            if self.lease.lost.is_set() or self.jobs.lease_holder(self.job_id) != self.lease.owner:
-                return
-            self.jobs.update(self.job_id, progress=d)
+            if not self.lease.lost.is_set():
+                self.jobs.update(self.job_id, lease_owner=self.lease.owner, progress=d)
         except Exception:
             log.warning("job %s: progress write failed", self.job_id, exc_info=True)
 
