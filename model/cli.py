@@ -313,7 +313,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     _check_out(out, args.force)
     check_writable_target(out, overwrite=args.force)
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[args.format]
-    vectors = load_word2vec_format(args.file, binary=binary)
+    vectors = load_word2vec_format(args.file, binary=binary, limit=args.limit, unicode_errors=args.unicode_errors)
     save_model(out, Model(vectors, {"imported_from": Path(args.file).name}), overwrite=args.force)
     print(f"saved {out}: {len(vectors)} words x {vectors.vector_size} dims")
     return 0
@@ -413,6 +413,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("file")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["auto", "word2vec-text", "word2vec-binary"], default="auto")
+    p.add_argument(
+        "--limit", type=_positive_int, help="read only the first N vectors (the most frequent words), as gensim's limit"
+    )
+    p.add_argument(
+        "--unicode-errors",
+        choices=["strict", "replace", "ignore"],
+        default="strict",
+        help="words that are not valid UTF-8 (cut inside a character by word2vec.c): refuse the file (default), "
+        "replace the bad bytes with U+FFFD, or drop them",
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_import)
 

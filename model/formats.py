@@ -15,8 +15,9 @@ import os
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeAlias, cast
+from typing import IO, Literal, TypeAlias, cast
 
 import numpy as np
 
@@ -28,9 +29,11 @@ from model.vectors import Vectors
 __all__ = ["load_word2vec_format", "save_word2vec_format"]
 
 PathLike: TypeAlias = str | os.PathLike[str]
+UnicodeErrors: TypeAlias = Literal["strict", "replace", "ignore"]
 
-# Bytes that would split a word in either format (the C tool and gensim split on these).
-_WORD_BREAK = re.compile(r"[ \t\n\r\x0b\x0c]")
+# What ends a word in either format, for gensim's reader and ours. (word2vec.c's own tools also
+# split at tabs; a word with a tab, which only an imported file can give, is still written.)
+_WORD_BREAK = re.compile(r"[ \n]")
 # Rows converted per write/parse step: large enough to amortise Python overhead, small enough
 # that a multi-gigabyte store is never materialised as one string.
 _ROWS_PER_CHUNK = 4096
@@ -61,7 +64,7 @@ def save_word2vec_format(vectors: Vectors, path: PathLike, *, binary: bool = Fal
     if bad:
         shown = ", ".join(repr(w) for w in bad[:5])
         raise ModelFormatError(
-            f"{len(bad)} word(s) are empty or contain whitespace and cannot be stored in "
+            f"{len(bad)} word(s) are empty or contain a space and cannot be stored in "
             f"word2vec format: {shown}{', ...' if len(bad) > 5 else ''}"
         )
     writer = _write_binary if binary else _write_text
@@ -114,7 +117,23 @@ class _RecordError(Exception):
     """A record failed to parse; converted to ModelFormatError with file context."""
 
 
-def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vectors:
+@dataclass(frozen=True)
+class _Options:
+    limit: int | None
+    unicode_errors: UnicodeErrors
+
+    def keeps(self, done: int) -> bool:
+        """Whether the record after `done` records is read at all."""
+        return self.limit is None or done < self.limit
+
+
+def load_word2vec_format(
+    path: PathLike,
+    *,
+    binary: bool | None = None,
+    limit: int | None = None,
+    unicode_errors: UnicodeErrors = "strict",
+) -> Vectors:
     """Read a word2vec text or binary file (optionally gzip/bz2/xz compressed).
 
     With `binary=None` the format is detected from the first record: it is text if it decodes
@@ -123,13 +142,24 @@ def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vecto
     with vanishing probability. Any malformation raises `ModelFormatError` naming the line
     (text) or record and byte offset (binary). Text whose first line is a record rather than a
     "<words> <dimensions>" header (GloVe's files) is read too, as gensim's `no_header=True` does.
+
+    As in gensim: `limit` reads only the first `limit` vectors (files list the most frequent
+    words first) and ignores the rest of the file. `unicode_errors="replace"` or `"ignore"`
+    reads words that are not valid UTF-8, such as those word2vec.c cut in the middle of a
+    character; a word that decoding makes equal to an earlier one is dropped, the earlier
+    (more frequent) one kept.
     """
+    if limit is not None and limit < 0:
+        raise ModelFormatError(f"limit must be a non-negative number of vectors, got {limit}")
+    if unicode_errors not in ("strict", "replace", "ignore"):
+        raise ModelFormatError(f"unicode_errors must be 'strict', 'replace' or 'ignore', got {unicode_errors!r}")
+    options = _Options(limit, unicode_errors)
     path = Path(path)
     kind = compression_of(path)  # by magic bytes, so a misnamed file still loads
     size = None if kind else path.stat().st_size
     with open_bytes(path, what="vectors") if kind else open(path, "rb", buffering=_READ_CHUNK) as stream:
         try:
-            return _read(stream, path, binary, size)
+            return _read(stream, path, binary, size, options)
         except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
             raise ModelFormatError(f"{path}: corrupt or truncated compressed data ({exc})") from exc
         except OSError as exc:
@@ -138,7 +168,7 @@ def load_word2vec_format(path: PathLike, *, binary: bool | None = None) -> Vecto
             raise ModelFormatError(f"{path}: corrupt {kind} data ({exc})") from exc
 
 
-def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) -> Vectors:
+def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None, options: _Options) -> Vectors:
     header = stream.readline(_MAX_HEADER)
     if not binary and len(header) == _MAX_HEADER and not header.endswith(b"\n"):
         # No header is this long; a GloVe record of 300 numbers is: read the rest of the line.
@@ -146,12 +176,15 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) 
     if not binary and _is_headerless_text(header):
         # GloVe's files: word2vec text without the "<words> <dimensions>" line.
         try:
-            words, out = _read_headerless(header, stream)
+            words, out = _read_headerless(header, stream, options)
         except _RecordError as exc:
             raise ModelFormatError(f"{path}: {exc} (read as text without a header line, as GloVe writes it)") from None
         return _checked_vectors(path, words, out)
     n, d = _parse_header(header, path)
-    if size is not None:
+    declared = n
+    if options.limit is not None:
+        n = min(n, options.limit)
+    if size is not None and n == declared:
         # Cheapest possible record: 1-byte word, d single-digit values, separators. Checking
         # this first turns a corrupted header into a clear error instead of a huge allocation.
         needed = len(header) + n * (2 * d + 1) - 1
@@ -172,7 +205,7 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) 
         binary = False  # nothing to inspect; the text reader reports the truncation clearly
     elif binary is None:
         try:
-            _parse_text_record(first, d, 2)
+            _parse_text_record(first, d, 2, options)
             binary = False
         except _RecordError as exc:
             binary = True
@@ -183,10 +216,13 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None) 
     if not binary and first and not first.endswith(b"\n"):
         first += stream.readline()  # an unusually long text line was cut by the bound above
     try:
-        words = _read_binary(first, stream, out, len(header)) if binary else _read_text(first, stream, out)
+        if binary:
+            words, kept = _read_binary(first, stream, out, len(header), options, declared)
+        else:
+            words, kept = _read_text(first, stream, out, options, declared)
     except _RecordError as exc:
         raise ModelFormatError(f"{path}: {exc}{detection_note}") from None
-    return _checked_vectors(path, words, out)
+    return _checked_vectors(path, words, out if kept is None else out[kept])
 
 
 def _checked_vectors(path: Path, words: list[str], out: np.ndarray) -> Vectors:
@@ -211,15 +247,22 @@ def _is_headerless_text(first: bytes) -> bool:
     return all(_is_float(f) for f in fields[1:])
 
 
-def _read_headerless(first: bytes, stream: IO[bytes]) -> tuple[list[str], np.ndarray]:
+def _read_headerless(first: bytes, stream: IO[bytes], options: _Options) -> tuple[list[str], np.ndarray]:
     d = len(first.split()) - 1
     out = np.empty((1024, d), dtype=np.float32)
     words: list[str] = []
     seen: dict[str, int] = {}
+    records = 0
     for line_no, line in enumerate(itertools.chain([first], stream), start=1):
         if not line.strip():
             continue
-        word, values = _parse_new_record(line, d, line_no, seen)
+        if not options.keeps(records):
+            break
+        records += 1
+        parsed = _parse_new_record(line, d, line_no, seen, options)
+        if parsed is None:
+            continue
+        word, values = parsed
         if len(words) == len(out):
             out = np.concatenate([out, np.empty_like(out)])  # doubling: amortised O(1) per row
         out[len(words)] = values
@@ -242,24 +285,25 @@ def _parse_header(header: bytes, path: Path) -> tuple[int, int]:
     return n, d
 
 
-def _decode_word(raw: bytes, where: str) -> str:
+def _decode_word(raw: bytes, where: str, options: _Options) -> str:
     try:
-        word = raw.decode("utf-8")
+        word = raw.decode("utf-8", errors=options.unicode_errors)
     except UnicodeDecodeError as exc:
         # Same strictness as gensim's default unicode_errors='strict', with a usable message.
         raise _RecordError(
-            f"{where}: word {raw[:40]!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            f"{where}: word {raw[:40]!r} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+            "pass unicode_errors='replace' or 'ignore' to read such words"
         ) from None
     if not word:
         raise _RecordError(f"{where}: empty word")
     return word
 
 
-def _parse_text_record(line: bytes, d: int, line_no: int) -> tuple[str, np.ndarray]:
+def _parse_text_record(line: bytes, d: int, line_no: int, options: _Options) -> tuple[str, np.ndarray]:
     # rstrip drops "\r\n" and the trailing space the C tool writes after the last value.
     word_raw, _, rest = line.rstrip().partition(b" ")
     where = f"line {line_no}"
-    word = _decode_word(word_raw, where)
+    word = _decode_word(word_raw, where, options)
     tokens = rest.split()
     if len(tokens) != d:
         raise _RecordError(f"{where}: expected {d} values after word {word!r}, found {len(tokens)}")
@@ -271,13 +315,24 @@ def _parse_text_record(line: bytes, d: int, line_no: int) -> tuple[str, np.ndarr
     return word, values
 
 
-def _parse_new_record(line: bytes, d: int, line_no: int, seen: dict[str, int]) -> tuple[str, np.ndarray]:
-    """A text record whose word has not come before; `seen` maps words to their lines."""
-    word, values = _parse_text_record(line, d, line_no)
+def _parse_new_record(
+    line: bytes, d: int, line_no: int, seen: dict[str, int], options: _Options
+) -> tuple[str, np.ndarray] | None:
+    """A text record whose word has not come before (`seen` maps words to their lines), or
+    None for a repeat that lossy decoding made."""
+    word, values = _parse_text_record(line, d, line_no, options)
     if word in seen:
+        if _lossy_repeat(word, options):
+            return None
         raise _RecordError(f"line {line_no}: duplicate word {word!r} (first on line {seen[word]})")
     seen[word] = line_no
     return word, values
+
+
+def _lossy_repeat(word: str, options: _Options) -> bool:
+    """Whether a repeated word may be dropped: lossy decoding can map two distinct byte
+    strings to one word (with "ignore", always; with "replace", when both hold U+FFFD)."""
+    return options.unicode_errors == "ignore" or (options.unicode_errors == "replace" and "\ufffd" in word)
 
 
 def _is_float(token: bytes) -> bool:
@@ -288,37 +343,54 @@ def _is_float(token: bytes) -> bool:
     return True
 
 
-def _read_text(first: bytes, stream: IO[bytes], out: np.ndarray) -> list[str]:
+def _read_text(
+    first: bytes, stream: IO[bytes], out: np.ndarray, options: _Options, declared: int
+) -> tuple[list[str], list[int] | None]:
+    """The words, and the rows of `out` they fill when lossy decoding dropped some (else None)."""
     n, d = out.shape
     words: list[str] = []
+    kept: list[int] = []
     seen: dict[str, int] = {}
     lines: Iterator[bytes] = itertools.chain([first] if first else [], stream)
     line_no = 1
+    records = 0
     for line_no, line in enumerate(lines, start=2):
         if not line.strip():
             continue  # blank lines carry nothing; trailing ones are common
-        i = len(words)
-        if i >= n:
-            raise _RecordError(f"line {line_no}: more records than the {n} declared in the header")
-        word, values = _parse_new_record(line, d, line_no, seen)
-        out[i] = values
-        words.append(word)
-    if len(words) < n:
+        if records == n and options.limit is not None:
+            break  # `limit` reached: the rest of the file is not read
+        if records >= n:
+            raise _RecordError(
+                f"line {line_no}: more records than the {n} declared in the header "
+                f"(pass limit={n} to read only the first {n}, as gensim does)"
+            )
+        parsed = _parse_new_record(line, d, line_no, seen, options)
+        if parsed is not None:
+            out[records] = parsed[1]
+            words.append(parsed[0])
+            kept.append(records)
+        records += 1
+    if records < n:
         raise _RecordError(
-            f"file ends at line {line_no} after {len(words)} of the {n} records declared in the header (truncated?)"
+            f"file ends at line {line_no} after {records} of the {declared} records declared in the header (truncated?)"
         )
-    return words
+    return words, None if len(words) == n else kept
 
 
-def _read_binary(first: bytes, stream: IO[bytes], out: np.ndarray, header_len: int) -> list[str]:
+def _read_binary(
+    first: bytes, stream: IO[bytes], out: np.ndarray, header_len: int, options: _Options, declared: int
+) -> tuple[list[str], list[int] | None]:
+    """As `_read_text`, for the binary format."""
     n, d = out.shape
     record = 4 * d
     words: list[str] = []
+    kept: list[int] = []
     seen: dict[str, int] = {}
     buf = first
     base = header_len  # file offset of buf[0], for error messages
     pos = 0
-    while len(words) < n:
+    records = 0
+    while records < n:
         # The C tool writes "\n" after each vector and gensim does not; skip it if present.
         while pos < len(buf) and buf[pos] == 0x0A:
             pos += 1
@@ -326,33 +398,42 @@ def _read_binary(first: bytes, stream: IO[bytes], out: np.ndarray, header_len: i
         if space == -1 or len(buf) - (space + 1) < record:
             if space == -1 and len(buf) - pos > _MAX_WORD_BYTES:
                 raise _RecordError(
-                    f"record {len(words) + 1} at byte {base + pos}: no space-terminated word "
+                    f"record {records + 1} at byte {base + pos}: no space-terminated word "
                     f"within {_MAX_WORD_BYTES} bytes; not a word2vec binary file?"
                 )
             more = stream.read(max(_READ_CHUNK, record + 64))
             if not more:
                 raise _RecordError(
-                    f"file ends at byte {base + len(buf)} inside record {len(words) + 1} of the {n} "
+                    f"file ends at byte {base + len(buf)} inside record {records + 1} of the {declared} "
                     f"declared in the header (truncated?)"
                 )
             base += pos
             buf = buf[pos:] + more
             pos = 0
             continue
-        where = f"record {len(words) + 1} at byte {base + pos}"
-        word = _decode_word(buf[pos:space], where)
-        if word in seen:
+        where = f"record {records + 1} at byte {base + pos}"
+        word = _decode_word(buf[pos:space], where, options)
+        if word in seen and not _lossy_repeat(word, options):
             raise _RecordError(f"{where}: duplicate word {word!r} (first in record {seen[word]})")
-        seen[word] = len(words) + 1
-        out[len(words)] = np.frombuffer(buf, dtype="<f4", count=d, offset=space + 1)
-        words.append(word)
+        if word not in seen:
+            seen[word] = records + 1
+            out[records] = np.frombuffer(buf, dtype="<f4", count=d, offset=space + 1)
+            words.append(word)
+            kept.append(records)
+        records += 1
         pos = space + 1 + record
+    kept_rows = None if len(words) == n else kept
+    if options.limit is not None:
+        return words, kept_rows  # `limit` reached: the rest of the file is not read
     trailing_at = base + pos
     rest = buf[pos:]
     while True:
         if rest.strip():
-            raise _RecordError(f"unexpected data after the {n} records declared in the header, near byte {trailing_at}")
+            raise _RecordError(
+                f"unexpected data after the {n} records declared in the header, near byte {trailing_at} "
+                f"(pass limit={n} to read only the first {n}, as gensim does)"
+            )
         trailing_at += len(rest)
         rest = stream.read(_READ_CHUNK)
         if not rest:
-            return words
+            return words, kept_rows

@@ -151,6 +151,29 @@ def test_import_format_advice_names_the_api_parameter(client: TestClient, layout
     assert_nothing_stored(client, layout)
 
 
+def test_import_reads_the_first_vectors_and_words_cut_inside_a_character_when_asked(
+    client: TestClient, layout: StoreLayout
+) -> None:
+    cut = "ありがとう".encode() + b"\xe3\x83"  # as word2vec.c cuts a long word, inside a character
+    body = b"3 2\n" + cut + b" 1 2\nok 3 4\nmore 5 6\n"
+    r = client.post("/models/import", content=body)
+    assert r.status_code == 422
+    msg = only_error(r)["msg"]
+    assert "not valid UTF-8" in msg and "pass unicode_errors=replace or unicode_errors=ignore" in msg
+    assert_nothing_stored(client, layout)
+
+    r = client.post("/models/import?unicode_errors=replace&limit=2", content=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["vocab_size"] == 2
+    model_id = r.json()["model_id"]
+    assert client.get(f"/vector?word=ok&model={model_id}").json()["vector"] == [3.0, 4.0]
+    assert client.get(f"/vector?word=more&model={model_id}").status_code == 404
+    assert client.get(f"/vector?word=ありがとう\ufffd&model={model_id}").status_code == 200
+
+    assert client.post("/models/import?limit=0", content=body).status_code == 422
+    assert client.post("/models/import?unicode_errors=skip", content=body).status_code == 422
+
+
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [

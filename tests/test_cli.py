@@ -354,3 +354,13 @@ def test_import_reads_glove_files_without_a_header(tmp_path: Path, trained: Path
     assert main(["import", str(glove), "--out", str(tmp_path / "m")]) == 0
     imported = load_model(tmp_path / "m").vectors
     assert imported.words == vectors.words[:50] and imported.vector_size == 5
+
+
+def test_import_limit_and_unicode_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "cut.txt"
+    src.write_bytes(b"3 2\n" + "ありがとう".encode() + b"\xe3\x83 1 2\nok 3 4\nmore 5 6\n")
+    _error(capsys, ["import", str(src), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
+    argv = ["import", str(src), "--out", str(tmp_path / "m"), "--limit", "2", "--unicode-errors", "ignore"]
+    assert main(argv) == 0
+    assert load_model(tmp_path / "m").vectors.words == ["ありがとう", "ok"]

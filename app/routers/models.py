@@ -30,6 +30,7 @@ from model import (
     save_word2vec_format,
 )
 from model.corpus import DECOMPRESS_ERRORS
+from model.formats import UnicodeErrors
 from worker.celery_app import SEND_RETRY_POLICY, TASK_INDEX
 from worker.jobs import utcnow
 from worker.storage import new_id
@@ -127,19 +128,31 @@ def export_model(
     )
 
 
-# The library's advice names its own keyword; through the API the choice is `format`.
-_LIBRARY_FORMAT_HINT = "pass binary=False/True to force a format"
-_API_FORMAT_HINT = "pass format=word2vec-text or format=word2vec-binary to force a format"
+# The library's advice names its own keywords; through the API they are query parameters.
+_API_HINTS = {
+    "pass binary=False/True to force a format": "pass format=word2vec-text or format=word2vec-binary to force a format",
+    "pass unicode_errors='replace' or 'ignore'": "pass unicode_errors=replace or unicode_errors=ignore",
+}
 
 
-def _import(services: Services, upload: Upload, binary: bool | None, name: str | None, owner: Owner) -> dict[str, Any]:
+def _import(
+    services: Services,
+    upload: Upload,
+    binary: bool | None,
+    name: str | None,
+    owner: Owner,
+    limit: int | None = None,
+    unicode_errors: UnicodeErrors = "strict",
+) -> dict[str, Any]:
     try:
-        vectors = load_word2vec_format(upload.path, binary=binary)
+        vectors = load_word2vec_format(upload.path, binary=binary, limit=limit, unicode_errors=unicode_errors)
     except ModelFormatError as exc:
         message = str(exc)
-        if _LIBRARY_FORMAT_HINT not in message:
+        for library, api in _API_HINTS.items():
+            message = message.replace(library, api)
+        if message == str(exc):
             raise
-        raise ModelFormatError(message.replace(_LIBRARY_FORMAT_HINT, _API_FORMAT_HINT)) from exc
+        raise ModelFormatError(message) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelFormatError(f"not a word2vec file: {exc}") from exc
     finally:
@@ -173,13 +186,25 @@ async def import_model(
     owner: OwnerDep,
     format: Annotated[Literal["auto", "word2vec-text", "word2vec-binary"], Query()] = "auto",
     name: Annotated[Name | None, Query()] = None,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, description="Read only the first `limit` vectors (the most frequent words) and ignore the rest."),
+    ] = None,
+    unicode_errors: Annotated[
+        UnicodeErrors,
+        Query(
+            description="How to read words that are not valid UTF-8 (such as those word2vec.c cut inside a "
+            "character): refuse the file, replace the bad bytes with U+FFFD, or drop them. A word that "
+            "decoding makes equal to an earlier one is dropped."
+        ),
+    ] = "strict",
 ) -> ModelSummary:
     """Add a model from a word2vec text or binary file, or GloVe's text without a header line
     (optionally gzip/bz2/xz compressed)."""
     upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[format]
     label = upload_label(name, upload)
-    meta = await run_in_threadpool(_import, services, upload, binary, label, owner)
+    meta = await run_in_threadpool(_import, services, upload, binary, label, owner, limit, unicode_errors)
     response.headers["Location"] = str(request.url_for("get_model", model_id=meta["model_id"]))
     return ModelSummary.model_validate(_summary_fields(meta))
 
