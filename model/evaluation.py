@@ -204,8 +204,10 @@ def evaluate_analogies(
 
 def read_word_pairs(path: PathLike, *, delimiter: str = "\t") -> WordPairs:
     """Read a "word1<delimiter>word2<delimiter>score" file (wordsim353.tsv, simlex999.txt);
-    `#` lines are comments; a malformed file is a ModelFormatError."""
+    `#` lines are comments, and a first line whose score is not a number is a header
+    ("Word 1,Word 2,Human (mean)" in WordSim353's CSV); a malformed file is a ModelFormatError."""
     pairs: list[tuple[str, str, float]] = []
+    first = True
     for line_no, line in _lines(path):
         if line.startswith("#") or not line.strip():
             continue
@@ -217,7 +219,11 @@ def read_word_pairs(path: PathLike, *, delimiter: str = "\t") -> WordPairs:
         try:
             score = float(fields[2])
         except ValueError:
+            if first:
+                first = False
+                continue
             score = math.nan
+        first = False
         if not math.isfinite(score):
             raise ModelFormatError(f"{path}: line {line_no}: score {fields[2].strip()!r} is not a finite number")
         pairs.append((fields[0].strip(), fields[1].strip(), score))

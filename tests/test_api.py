@@ -606,8 +606,14 @@ def test_evaluate_analogies_and_pairs(client: TestClient, model_id: str, vectors
     assert r.json()["result"]["pairs"] == 4
     assert -1 <= r.json()["result"]["spearman"] <= 1
 
+    # Told apart without `kind`: a term with a space in a tab-separated file, a CSV with a header.
+    for pairs in (b"new york\tcity\t5\n" + pairs, b"Word 1,Word 2,Human (mean)\n" + pairs.replace(b"\t", b",")):
+        r = client.post(f"/models/{model_id}/evaluate", content=pairs)
+        assert r.status_code == 200, r.text
+        assert r.json()["kind"] == "word_pairs" and r.json()["result"]["pairs"] == 4
+
     detail = client.get(f"/models/{model_id}").json()
-    assert [e["kind"] for e in detail["evaluations"]] == ["analogies", "word_pairs"]
+    assert [e["kind"] for e in detail["evaluations"]] == ["analogies", "word_pairs", "word_pairs", "word_pairs"]
     assert client.post(f"/models/{model_id}/evaluate?kind=poems", content=pairs).status_code == 422
 
 

@@ -188,6 +188,19 @@ def test_word_pairs_equal_gensim(pairs_store, path, restrict_vocab, case_insensi
     assert json.loads(json.dumps(result.to_dict()))["pairs"] == result.pairs
 
 
+def test_a_csv_header_line_is_skipped_as_gensim_skips_it(pairs_store, tmp_path) -> None:
+    # WordSim353's CSV distribution starts with "Word 1,Word 2,Human (mean)".
+    ours, kv = pairs_store
+    rows = [line.split("\t") for line in WORDSIM.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    path = tmp_path / "combined.csv"
+    path.write_text("Word 1,Word 2,Human (mean)\n" + "".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    result = evaluate_word_pairs(ours, path, delimiter=",")
+    pearson, spearman, oov_ratio = kv.evaluate_word_pairs(str(path), delimiter=",")
+    assert result.pairs + result.oov == len(rows)
+    assert result.spearman == pytest.approx(spearman[0], abs=1e-9)
+    assert result.oov_ratio == pytest.approx(oov_ratio, abs=1e-9)
+
+
 def test_spearman_uses_average_ranks_for_ties(tmp_path) -> None:
     scipy_stats = pytest.importorskip("scipy.stats")
     arr = np.array([[1, 0], [1, 0], [0, 1], [1, 1], [1, 2]], dtype=np.float32)
@@ -224,7 +237,8 @@ def test_malformed_analogy_files(tmp_path, text, message) -> None:
     ("text", "message"),
     [
         ("# comment\na\tb\t1.0\na\tb\n", "line 3: expected 3 fields"),
-        ("a\tb\tmuch\n", "line 1: score 'much' is not a finite number"),
+        ("a\tb\t1\nc\td\tmuch\n", "line 2: score 'much' is not a finite number"),
+        ("w1\tw2\tscore\n", "no word pairs"),  # a header alone
         ("a\tb\tnan\n", "line 1: score 'nan' is not a finite number"),
         ("a\tb\t-inf\n", "line 1: score '-inf' is not a finite number"),
         ("# only comments\n", "no word pairs"),

@@ -210,7 +210,9 @@ async def import_model(
 
 
 def _sniff_kind(path: Path) -> Literal["analogies", "word_pairs"]:
-    """Analogy files have ': section' lines and four words per line; pair files three fields.
+    """Analogy files have ': section' lines and four words per line; pair files three fields,
+    tab- or comma-separated (where a term may hold a space: "new york<TAB>city<TAB>5"), or
+    space-separated.
 
     Read decompressed, as the evaluation itself reads the file (plain, gzip, bzip2 or xz).
     """
@@ -220,6 +222,8 @@ def _sniff_kind(path: Path) -> Literal["analogies", "word_pairs"]:
             continue
         if line.startswith(":"):
             return "analogies"
+        if "\t" in line or "," in line:
+            return "word_pairs"
         return "analogies" if len(line.split()) == 4 else "word_pairs"
     raise ModelFormatError("the evaluation file is empty (or its first 64 KiB hold only comments)")
 
