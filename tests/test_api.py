@@ -607,8 +607,8 @@ def test_evaluate_analogies_and_pairs(client: TestClient, model_id: str, vectors
     assert -1 <= r.json()["result"]["spearman"] <= 1
 
     # Told apart without `kind`: a term with a space in a tab-separated file, a CSV with a header.
-    for pairs in (b"new york\tcity\t5\n" + pairs, b"Word 1,Word 2,Human (mean)\n" + pairs.replace(b"\t", b",")):
-        r = client.post(f"/models/{model_id}/evaluate", content=pairs)
+    for variant in (b"new york\tcity\t5\n" + pairs, b"Word 1,Word 2,Human (mean)\n" + pairs.replace(b"\t", b",")):
+        r = client.post(f"/models/{model_id}/evaluate", content=variant)
         assert r.status_code == 200, r.text
         assert r.json()["kind"] == "word_pairs" and r.json()["result"]["pairs"] == 4
 

@@ -195,7 +195,7 @@ def test_a_csv_header_line_is_skipped_as_gensim_skips_it(pairs_store, tmp_path) 
     path = tmp_path / "combined.csv"
     path.write_text("Word 1,Word 2,Human (mean)\n" + "".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
     result = evaluate_word_pairs(ours, path, delimiter=",")
-    pearson, spearman, oov_ratio = kv.evaluate_word_pairs(str(path), delimiter=",")
+    _, spearman, oov_ratio = kv.evaluate_word_pairs(str(path), delimiter=",")
     assert result.pairs + result.oov == len(rows)
     assert result.spearman == pytest.approx(spearman[0], abs=1e-9)
     assert result.oov_ratio == pytest.approx(oov_ratio, abs=1e-9)
