@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from app.auth import Owner, owned_by
 from model import corpus as corpus_files
+from model.errors import CorpusError
 from worker.jobs import utcnow
 from worker.storage import StoreLayout, is_id, new_id
 
@@ -36,19 +37,6 @@ class CorpusNotFound(LookupError):
 # gives them, and the suffix each is stored with.
 _NAMES = {None: "none", "gzip": "gzip", "bzip2": "bz2", "xz": "xz"}
 _SUFFIX = {"none": ".txt", "gzip": ".txt.gz", "bz2": ".txt.bz2", "xz": ".txt.xz"}
-ACCEPTED = "UTF-8 text, plain or compressed with gzip, bzip2 or xz"
-
-# Text that is not UTF-8 shows in its first bytes: a UTF-16 or UTF-32 byte order mark, or NUL
-# bytes, which UTF-16 puts beside every ASCII letter and which binary files are full of.
-_SNIFF_BYTES = 8192
-_BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32LE", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32BE", "UTF-32"),
-    (b"\xff\xfe", "UTF-16LE", "UTF-16"),
-    (b"\xfe\xff", "UTF-16BE", "UTF-16"),
-)
-
-
 def compression_of(path: Path) -> str:
     """The compression of the file at `path` ("none" if plain), from its magic bytes."""
     return _NAMES[corpus_files.compression_of(path)]
@@ -61,19 +49,10 @@ def open_decompressed(path: Path) -> IO[bytes]:
 
 def _check_is_text(head: bytes) -> None:
     """Refuse text in another encoding (UTF-16 above all) and binary files, saying how to convert."""
-    for bom, encoding, family in _BOMS:
-        if head.startswith(bom):
-            raise InvalidCorpus(
-                f"the corpus must be {ACCEPTED}, but it starts with a {encoding} byte order mark: "
-                f"convert it to UTF-8 first, e.g. iconv -f {family} -t UTF-8 corpus.txt > corpus-utf8.txt"
-            )
-    if b"\x00" in head[:_SNIFF_BYTES]:
-        raise InvalidCorpus(
-            f"the corpus must be {ACCEPTED}, but its first bytes hold NUL bytes: it is UTF-16 or UTF-32 "
-            "text without a byte order mark (convert it, e.g. iconv -f UTF-16LE -t UTF-8 corpus.txt > "
-            "corpus-utf8.txt) or not text at all (a zip archive, PDF or word-processor document: "
-            "extract or save it as plain text)"
-        )
+    try:
+        corpus_files.check_text_head(head)
+    except CorpusError as exc:
+        raise InvalidCorpus(str(exc)) from None
 
 
 @dataclass

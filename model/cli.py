@@ -7,7 +7,6 @@ stderr and a non-zero status, never a traceback.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from model.config import Progress, TrainConfig
-from model.errors import W2VError
+from model.errors import CorpusError, W2VError
 from model.vectors import Vectors
 
 if TYPE_CHECKING:
@@ -177,9 +176,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _stdin_sentences() -> Iterator[list[str]]:
-    """`w2v train -`: the corpus piped in, read as a file would be (UTF-8, bad bytes as U+FFFD)."""
-    for line in io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline=None):
-        yield line.split()
+    """`w2v train -`: the corpus piped in, read and checked as a file would be (plain or
+    compressed, UTF-8, bad bytes as U+FFFD)."""
+    from model.corpus import DECOMPRESS_ERRORS, open_stream_text
+
+    text = open_stream_text(sys.stdin.buffer)
+    try:
+        for line in text:
+            yield line.split()
+    except DECOMPRESS_ERRORS as exc:
+        raise CorpusError(f"cannot read corpus <stdin>: {exc}") from exc
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -18,6 +18,7 @@ import bz2
 import contextlib
 import gzip
 import io
+import logging
 import lzma
 import os
 import shutil
@@ -30,11 +31,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO, cast
 
 import numpy as np
 
 from model.errors import CorpusError
+
+log = logging.getLogger(__name__)
 
 MAX_SENTENCE_WORDS = 10_000
 # Past this many tokens (1 GiB of int32) the token stream is kept in a temp file, not the heap.
@@ -48,6 +51,25 @@ RANGE_BYTES = 8 << 20
 COMPRESSED_MIN_BYTES = PARALLEL_MIN_BYTES // 4
 
 Source = str | Path | Iterable[Sequence[str]]
+
+ACCEPTED = "UTF-8 text, plain or compressed with gzip, bzip2 or xz"
+# Text that is not UTF-8 shows in its first bytes: a byte order mark, a file format's magic,
+# or NUL bytes, which UTF-16 puts beside every ASCII letter and binary files are full of.
+SNIFF_BYTES = 8192
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32LE", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32BE", "UTF-32"),
+    (b"\xff\xfe", "UTF-16LE", "UTF-16"),
+    (b"\xfe\xff", "UTF-16BE", "UTF-16"),
+)
+_FORMATS = (
+    (b"PK\x03\x04", "a zip archive (or a document saved as one: .docx, .odt, .epub): extract its text"),
+    (b"%PDF-", "a PDF document: extract its text, e.g. pdftotext file.pdf corpus.txt"),
+    (b"{\\rtf", "an RTF document: save it as plain text"),
+    (b"\xd0\xcf\x11\xe0", "an old Office document: save it as plain text"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive: extract its text"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data: decompress it (zstd -d), or recompress with gzip, bzip2 or xz"),
+)
 # What a damaged compressed stream raises while it is read (gzip.BadGzipFile is an OSError).
 DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
@@ -97,14 +119,98 @@ def _compression(magic: bytes) -> str | None:
     return next((name for prefix, name in _MAGIC if magic.startswith(prefix)), None)
 
 
+def check_text_head(head: bytes) -> None:
+    """Refuse text in another encoding (UTF-16 above all) and files that are not text, from
+    their first (decompressed) bytes, saying how to convert them; raises CorpusError."""
+    for bom, encoding, family in _BOMS:
+        if head.startswith(bom):
+            raise CorpusError(
+                f"the corpus must be {ACCEPTED}, but it starts with a {encoding} byte order mark: "
+                f"convert it to UTF-8 first, e.g. iconv -f {family} -t UTF-8 corpus.txt > corpus-utf8.txt"
+            )
+    for magic, what in _FORMATS:
+        if head.startswith(magic):
+            raise CorpusError(f"the corpus must be {ACCEPTED}, but it is {what}")
+    if head[257:262] == b"ustar":
+        raise CorpusError(f"the corpus must be {ACCEPTED}, but it is a tar archive: extract its files and join them")
+    if b"\x00" in head[:SNIFF_BYTES]:
+        raise CorpusError(
+            f"the corpus must be {ACCEPTED}, but its first bytes hold NUL bytes: it is UTF-16 or UTF-32 "
+            "text without a byte order mark (convert it, e.g. iconv -f UTF-16LE -t UTF-8 corpus.txt > "
+            "corpus-utf8.txt) or not text at all (a binary or word-processor file: save it as plain text)"
+        )
+
+
+def invalid_utf8_at(head: bytes) -> int | None:
+    """The offset of the first byte in `head` that is not UTF-8 (a sequence cut at its end is
+    not counted), or None."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and exc.end == len(head):
+            return None
+        return exc.start
+    return None
+
+
+def _checked_head(head: bytes, label: object) -> None:
+    """`check_text_head`, and a warning for text that is not UTF-8 (Latin-1 or cp1252,
+    usually), whose bad bytes training reads as U+FFFD."""
+    check_text_head(head)
+    at = invalid_utf8_at(head)
+    if at is not None:
+        log.warning(
+            "corpus %s is not valid UTF-8 (byte %d is not): training reads such bytes as U+FFFD; if it is "
+            "Latin-1 or cp1252 text, convert it first, e.g. iconv -f cp1252 -t UTF-8 in.txt > out.txt",
+            label,
+            at,
+        )
+
+
 def open_text(path: str | Path) -> IO[str]:
-    """Open a plain, gzip, bzip2 or xz text file as text."""
-    return _as_text(open_bytes(path))
+    """Open a plain, gzip, bzip2 or xz text file as text, after `check_text_head`."""
+    raw = open_bytes(path)
+    try:
+        _checked_head(_peek(raw), path)
+    except DECOMPRESS_ERRORS as exc:
+        raw.close()
+        raise CorpusError(f"cannot read corpus {path}: {exc}") from exc
+    except BaseException:
+        raw.close()
+        raise
+    return _as_text(raw)
 
 
-def _as_text(raw: IO[bytes]) -> IO[str]:
-    # Undecodable bytes become U+FFFD instead of aborting a long job on one bad byte.
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
+def open_stream_text(stream: BinaryIO, label: str = "<stdin>") -> IO[str]:
+    """A byte stream that cannot seek (a pipe) as text: decompressed when its magic bytes say
+    gzip, bzip2 or xz, and checked as `open_text` checks a file."""
+    # peek() shows the magic bytes without taking them from a pipe.
+    raw: IO[bytes] = stream if hasattr(stream, "peek") else io.BufferedReader(cast(io.RawIOBase, stream))
+    compression = _compression(_peek(raw))
+    if compression == "gzip":
+        raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    elif compression == "bzip2":
+        raw = cast(IO[bytes], bz2.BZ2File(raw, "rb"))
+    elif compression == "xz":
+        raw = cast(IO[bytes], lzma.LZMAFile(raw, "rb"))
+    try:
+        _checked_head(_peek(raw), label)
+    except DECOMPRESS_ERRORS as exc:
+        raise CorpusError(f"cannot read corpus {label}: {exc}") from exc
+    return _as_text(raw)
+
+
+def _peek(raw: IO[bytes]) -> bytes:
+    """Up to `SNIFF_BYTES` of what `raw` will read next, without consuming them."""
+    peek = getattr(raw, "peek", None)
+    return bytes(peek(SNIFF_BYTES)[:SNIFF_BYTES]) if peek is not None else b""
+
+
+def _as_text(raw: IO[bytes], *, file_start: bool = True) -> IO[str]:
+    # Undecodable bytes become U+FFFD instead of aborting a long job on one bad byte. A UTF-8
+    # byte order mark (Notepad writes one) at the start of the file is not part of its first word.
+    encoding = "utf-8-sig" if file_start else "utf-8"
+    return io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline=None)
 
 
 def iter_sentences(
@@ -226,6 +332,8 @@ def encode(
     """Tokenise and count `source` in one pass; `workers` > 1 splits a large file among processes."""
     if workers > 1 and isinstance(source, str | Path):
         path = Path(source)
+        with open_text(path):  # its checks, before worker processes start
+            pass
         kind, size = _file_kind(path)
         args = (lowercase, max_sentence_words, spill_after, workers)
         if kind == "plain" and size >= PARALLEL_MIN_BYTES:
@@ -330,13 +438,17 @@ def _line_starts(path: Path, size: int, step: int) -> list[int]:
     return cuts
 
 
-def _encode_bytes(data: bytes, lowercase: bool, max_sentence_words: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(words in order of first appearance, local ids, sentence lengths) of whole lines of text."""
+def _encode_bytes(
+    data: bytes, lowercase: bool, max_sentence_words: int, *, file_start: bool
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(words in order of first appearance, local ids, sentence lengths) of whole lines of
+    text; `file_start`: they begin the file."""
     index, lookup = _word_index()
     ids: list[int] = []
     lengths: list[int] = []
     # The same decoding and sentences as a file read whole, so the pieces join to its result.
-    for sentence in _line_sentences(_as_text(io.BytesIO(data)), lowercase, max_sentence_words):
+    text = _as_text(io.BytesIO(data), file_start=file_start)
+    for sentence in _line_sentences(text, lowercase, max_sentence_words):
         ids.extend(map(lookup, sentence))
         lengths.append(len(sentence))
     return list(index), np.fromiter(ids, dtype=np.int32, count=len(ids)), np.asarray(lengths, dtype=np.int64)
@@ -438,7 +550,7 @@ def _worker_main(argv: list[str]) -> None:
                 return
             i, start, stop = (int(x) for x in spec.split(":"))
             fh.seek(start)
-            words, ids, lengths = _encode_bytes(fh.read(stop - start), lowercase, max_words)
+            words, ids, lengths = _encode_bytes(fh.read(stop - start), lowercase, max_words, file_start=start == 0)
             (out / f"{i}.words").write_text("\n".join(words), encoding="utf-8")
             ids.tofile(out / f"{i}.tokens")
             lengths.tofile(out / f"{i}.lengths")

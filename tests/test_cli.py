@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import json
 import os
 import re
@@ -364,3 +367,36 @@ def test_import_limit_and_unicode_errors(tmp_path: Path, capsys: pytest.CaptureF
     argv = ["import", str(src), "--out", str(tmp_path / "m"), "--limit", "2", "--unicode-errors", "ignore"]
     assert main(argv) == 0
     assert load_model(tmp_path / "m").vectors.words == ["ありがとう", "ok"]
+
+
+def _pipe(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data))))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress], ids=["gzip", "bzip2"])
+def test_train_reads_compressed_text_piped_in_as_it_reads_a_file(
+    tmp_path: Path, trained: Path, lee_text: Path, monkeypatch: pytest.MonkeyPatch, compress
+) -> None:
+    _pipe(monkeypatch, compress(lee_text.read_bytes()))
+    argv = ["train", "-", "--out", str(tmp_path / "m"), "--epochs", "3", "--quiet", "--threads", "1"]
+    assert main(argv) == 0
+    assert load_model(tmp_path / "m").vectors.words == load_model(trained).vectors.words
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("some text\n".encode("utf-16"), "UTF-16LE byte order mark"),
+        ("some text\n".encode("utf-16-le"), "NUL bytes"),
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "zip archive"),
+    ],
+)
+def test_train_refuses_what_is_not_utf8_text_from_a_file_or_a_pipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, data: bytes, message: str
+) -> None:
+    src = tmp_path / "c.txt"
+    src.write_bytes(data)
+    assert message in _error(capsys, ["train", str(src), "--out", str(tmp_path / "m"), "--quiet"])
+    _pipe(monkeypatch, gzip.compress(data))
+    assert message in _error(capsys, ["train", "-", "--out", str(tmp_path / "m"), "--quiet"])
+    assert not (tmp_path / "m").exists()

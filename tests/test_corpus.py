@@ -122,6 +122,35 @@ def test_iterable_of_strings_is_rejected() -> None:
         list(iter_sentences(["a whole line as one string"]))
 
 
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (b"\xff\xfeh\x00i\x00", "UTF-16LE byte order mark"),
+        ("hi there".encode("utf-16-le"), "NUL bytes"),
+        (b"PK\x03\x04\x14\x00\x00\x00", "zip archive"),
+        (b"%PDF-1.7\n", "PDF document"),
+        (b"notes.txt".ljust(257, b"\x00") + b"ustar\x0000", "tar archive"),
+    ],
+)
+def test_files_that_are_not_utf8_text_are_refused_before_training(tmp_path: Path, head: bytes, message: str) -> None:
+    path = tmp_path / "c.txt"
+    path.write_bytes(gzip.compress(head + b"more"))  # checked after decompression
+    with pytest.raises(CorpusError, match=message):
+        encode(path)
+
+
+def test_text_that_is_not_utf8_is_read_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "c.txt"
+    path.write_bytes("café crème\nok\n".encode("cp1252"))
+    with caplog.at_level("WARNING", logger="model.corpus"):
+        assert list(iter_sentences(path)) == [["caf\ufffd", "cr\ufffdme"], ["ok"]]
+    assert "not valid UTF-8 (byte 3 is not)" in caplog.text and "iconv" in caplog.text
+    caplog.clear()
+    path.write_bytes("café\n".encode())
+    list(iter_sentences(path))
+    assert caplog.text == ""
+
+
 def test_undecodable_bytes_do_not_abort(tmp_path: Path) -> None:
     path = tmp_path / "c.txt"
     path.write_bytes(b"caf\xe9 ok ok\nok\n")
@@ -231,6 +260,8 @@ def test_worker_processes_encode_a_large_file_exactly_as_one_process(
     np.testing.assert_array_equal(parallel.lengths, serial.lengths)
     assert parallel.n_lines == serial.n_lines
     assert max(serial.lengths) == corpus.MAX_SENTENCE_WORDS
+    # The text starts with a UTF-8 byte order mark: the first word does not carry it.
+    assert not any(w.startswith("\ufeff") for w in serial.words)
 
 
 def test_a_truncated_compressed_corpus_is_a_corpus_error_with_workers_too(
