@@ -280,6 +280,7 @@ _ERRORS = {
     404: "No such id (or it belongs to another API key), or words not in the vocabulary.",
     409: "The request conflicts with the resource's state.",
     413: "The body is over its size limit.",
+    415: "The body's Content-Type does not fit: a file was expected, not JSON.",
     422: "A parameter or the body is invalid; `detail` names the field.",
     429: "Over this API key's rate limit or job cap; see Retry-After.",
     503: "The job store or broker is unreachable; try again shortly.",

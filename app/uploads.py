@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 from fastapi import HTTPException, Request, status
@@ -25,6 +27,11 @@ from app.schemas import Name
 from worker.storage import new_id
 
 MAX_FORM_FIELD_BYTES = 64 * 1024
+_HOW_TO_SEND = (
+    "send the file's bytes as the body (Content-Type: application/octet-stream or text/plain) or as "
+    "the 'file' field of a multipart form (curl -F file=@corpus.txt)"
+)
+_WHITESPACE = re.compile(rb"\s")
 
 
 @dataclass
@@ -92,6 +99,12 @@ async def receive_upload(request: Request, tmp_dir: Path, max_bytes: int, *, fie
     path = tmp_dir / f"upload-{new_id()}.part"
     content_type = request.headers.get("content-type", "")
     mime, params = parse_options_header(content_type)
+    if mime == b"application/json":
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=f"this endpoint takes a file, not JSON: {_HOW_TO_SEND}. Text for training can also come "
+            'inline: POST /train with {"text": "..."}',
+        )
     try:
         if mime == b"multipart/form-data":
             boundary = params.get(b"boundary")
@@ -100,11 +113,31 @@ async def receive_upload(request: Request, tmp_dir: Path, max_bytes: int, *, fie
             upload = await _receive_multipart(request, path, max_bytes, boundary, field_name)
         else:
             upload = await _receive_raw(request, path, max_bytes)
+            if mime == b"application/x-www-form-urlencoded" and _is_form_fields(path):
+                raise _unprocessable(
+                    "the body is an HTML form's fields (name=value&...), not a file: "
+                    f"{_HOW_TO_SEND}. Text for training can also come inline: POST /train with "
+                    '{"text": "..."}'
+                )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         raise
     return upload
+
+
+def _is_form_fields(path: Path) -> bool:
+    """Whether a body sent as a form is one (`requests.post(url, data={"text": ...})`), not a
+    file that curl's --data-binary labels as a form by default: encoded fields hold no
+    whitespace, while a corpus or a vectors file is full of it."""
+    with open(path, "rb") as fh:
+        head = fh.read(MAX_FORM_FIELD_BYTES + 1)
+    if not head or len(head) > MAX_FORM_FIELD_BYTES or _WHITESPACE.search(head):
+        return False
+    try:
+        return bool(parse_qsl(head.decode("ascii"), strict_parsing=True))
+    except (UnicodeDecodeError, ValueError):
+        return False
 
 
 async def _receive_raw(request: Request, path: Path, max_bytes: int) -> Upload:
@@ -154,7 +187,12 @@ class _PartCollector:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = params.get(b"name")
         self._name = name.decode("utf-8", "replace") if name is not None else None
-        if self._name == self.field_name and not self.found_file:
+        if self._name == self.field_name and self.found_file:
+            raise _unprocessable(
+                f"the form has more than one {self.field_name!r} field: send one file per request "
+                "(join text files first, e.g. cat a.txt b.txt > corpus.txt)"
+            )
+        if self._name == self.field_name:
             self._in_file = True
             self.found_file = True
             raw = params.get(b"filename")

@@ -199,6 +199,29 @@ def test_a_json_body_sent_as_something_else_says_which_content_type(
     assert client.get("/corpora").json() == []
 
 
+def test_an_upload_sent_as_json_or_form_fields_is_refused_not_stored_as_the_file(
+    client: TestClient, layout: StoreLayout
+) -> None:
+    r = client.post("/corpora", json={"text": "hello world"})
+    assert r.status_code == 415 and 'POST /train with {"text": "..."}' in r.json()["detail"]
+    r = client.post("/corpora", data={"text": "hello world", "name": "x"})  # what requests' data= sends
+    assert r.status_code == 422 and "an HTML form's fields" in only_error(r)["msg"]
+    assert "curl -F file=@corpus.txt" in only_error(r)["msg"]
+    assert client.post("/models/import", json={"a": [1, 2]}).status_code == 415
+    assert_nothing_stored(client, layout)
+    # curl --data-binary labels a file as form fields unless told otherwise: a file it stays.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = client.post("/corpora", content=b"the cat sat\non the mat\n", headers=form)
+    assert r.status_code == 201 and r.json()["lines"] == 2
+
+
+def test_a_form_with_two_files_is_refused_not_cut_to_the_first(client: TestClient, layout: StoreLayout) -> None:
+    files = [("file", ("a.txt", b"one two\n")), ("file", ("b.txt", b"three four\n"))]
+    r = client.post("/corpora", files=files)
+    assert r.status_code == 422 and "more than one 'file' field" in only_error(r)["msg"]
+    assert_nothing_stored(client, layout)
+
+
 @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gzip", "bz2", "xz"])
 def test_compressed_evaluation_files_are_read_like_plain_ones(client: TestClient, model_id: str, compress: Any) -> None:
     analogies = b": planted\nman king woman queen\nman king woman apple\n"

@@ -27,7 +27,7 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_UPLOAD_BODY)
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_UPLOAD_BODY, responses=error_responses(415))
 async def upload_corpus(
     request: Request,
     services: ServicesDep,

@@ -178,7 +178,7 @@ def _import(
     return services.models.meta(model_id)
 
 
-@router.post("/import", status_code=status.HTTP_201_CREATED, openapi_extra=_FILE_BODY)
+@router.post("/import", status_code=status.HTTP_201_CREATED, openapi_extra=_FILE_BODY, responses=error_responses(415))
 async def import_model(
     request: Request,
     response: Response,
@@ -287,7 +287,7 @@ def _evaluate(
     return {"model_id": model_id, **entry}
 
 
-@router.post("/{model_id}/evaluate", openapi_extra=_FILE_BODY)
+@router.post("/{model_id}/evaluate", openapi_extra=_FILE_BODY, responses=error_responses(415))
 async def evaluate_model(
     model_id: str,
     request: Request,
