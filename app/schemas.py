@@ -89,7 +89,10 @@ class TrainCreate(JsonBody):
     alpha: float = Field(_D.alpha, gt=0, le=1, description="Initial learning rate.")
     min_alpha: float = Field(_D.min_alpha, ge=0, le=1, description="Final learning rate (linear decay).")
     seed: StrictInt = Field(_D.seed, ge=0, lt=2**32)
-    lowercase: bool = Field(_D.lowercase, description="Lower-case the corpus before training.")
+    lowercase: bool = Field(
+        _D.lowercase,
+        description="Lower-case the corpus before training; the model then lower-cases the words it is asked.",
+    )
     device: Device = Field(cast(Device, _D.device), description="Where to train; 'auto': the worker decides.")
     engine: Engine = Field(cast(Engine, _D.engine))
 

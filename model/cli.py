@@ -283,7 +283,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
     from model.store import load_model
 
     model = load_model(args.model)
-    _print_results(model.vectors.most_similar(args.words, negative=args.negative or (), topn=args.topn))
+    positive, negative = model.query_words(args.words), model.query_words(args.negative or [])
+    _print_results(model.vectors.most_similar(positive, negative=negative, topn=args.topn))
     return 0
 
 
@@ -291,7 +292,8 @@ def cmd_analogy(args: argparse.Namespace) -> int:
     from model.store import load_model
 
     model = load_model(args.model)
-    _print_results(model.vectors.analogy(args.a, args.b, args.c, topn=args.topn, method=args.method))
+    a, b, c = model.query_words([args.a, args.b, args.c])
+    _print_results(model.vectors.analogy(a, b, c, topn=args.topn, method=args.method))
     return 0
 
 

@@ -46,6 +46,7 @@ class UnknownWordError(W2VError, KeyError):
 
     def __init__(self, words: Iterable[str], known: Container[str] | None = None):
         self.words = list(dict.fromkeys(words))
+        self.model_id: str | None = None  # which model was asked, where a caller knows it
         self.suggestions: dict[str, str] = {}
         if known is not None:
             for word in self.words:

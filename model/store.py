@@ -39,6 +39,12 @@ class Model:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         save_model(path, self, overwrite=overwrite)
 
+    def query_words(self, words: list[str]) -> list[str]:
+        """Query words as the vocabulary holds them: lower-cased for a model trained with
+        `lowercase`, whose vocabulary has no capitals ("Paris" finds "paris")."""
+        config = self.meta.get("config") or {}
+        return [w.lower() for w in words] if config.get("lowercase") else words
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -750,11 +750,40 @@ def test_unknown_words_are_404_naming_them(client: TestClient, model_id: str) ->
         r = client.get(path, params=params)
         assert r.status_code == 404, (path, r.text)
         assert r.json()["unknown_words"] == unknown
+        # The model that was asked, which a query without `model` does not name.
+        assert r.json()["model_id"] == model_id and f"not in the vocabulary of model {model_id}" in r.json()["detail"]
         for word in unknown:
             assert word in r.json()["detail"]
     r = client.post("/similar/batch", json={"queries": ["king", "zebra", {"positive": ["yak"]}]})
     assert r.status_code == 404 and r.json()["unknown_words"] == ["zebra", "yak"]
+    assert r.json()["model_id"] == model_id
     assert "suggestions" not in r.json()
+
+
+def test_a_model_trained_lower_cased_is_asked_in_lower_case(client: TestClient, layout: StoreLayout) -> None:
+    lowered = put_model(layout, make_vectors(), config={"lowercase": True})
+    as_is = put_model(layout, make_vectors(), config={"lowercase": False})
+    queries = [
+        ("/similar", [("word", "King")]),
+        ("/similar", [("positive", "KING"), ("negative", "Man")]),
+        ("/analogy", [("a", "Man"), ("b", "King"), ("c", "WOMAN")]),
+        ("/similarity", [("w1", "King"), ("w2", "Queen")]),
+        ("/vector", [("word", "King")]),
+    ]
+    echoed = ("w1", "w2", "word")  # the words as asked
+    for path, params in queries:
+        r = client.get(path, params=[*params, ("model", lowered)])
+        lower = client.get(path, params=[*((k, v.lower()) for k, v in params), ("model", lowered)])
+        assert r.status_code == lower.status_code == 200, (path, r.text)
+        assert {k: v for k, v in r.json().items() if k not in echoed} == {
+            k: v for k, v in lower.json().items() if k not in echoed
+        }
+        assert client.get(path, params=[*params, ("model", as_is)]).status_code == 404
+    words = [("words", "King"), ("words", "Queen"), ("words", "Apple")]
+    r = client.get("/doesnt_match", params=[*words, ("model", lowered)])
+    assert r.status_code == 200 and r.json()["word"] in ("King", "Queen", "Apple")  # in the caller's spelling
+    r = client.post("/similar/batch", json={"queries": ["King", {"positive": ["Queen"]}], "model": lowered})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
 
 
 def test_a_word_in_another_casing_is_suggested(client: TestClient, model_id: str) -> None:

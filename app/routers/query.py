@@ -8,7 +8,9 @@ loads it in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -57,6 +59,21 @@ def _check_known(lm: LoadedModel, words: list[str]) -> None:
         raise UnknownWordError(unknown, vectors.key_to_index)
 
 
+@contextlib.contextmanager
+def _answering(lm: LoadedModel) -> Iterator[None]:
+    """Unknown words are reported with the model that was asked: the newest one answers a
+    query without `model`, and a small job's model knows few words."""
+    try:
+        yield
+    except UnknownWordError as exc:
+        exc.model_id = lm.model_id
+        raise
+
+
+def _folded(lm: LoadedModel, words: list[str]) -> list[str]:
+    return lm.model.query_words(words)
+
+
 def _hits(hits: Hits) -> list[SimilarHit]:
     return [SimilarHit(word=w, score=s) for w, s in hits]
 
@@ -93,7 +110,9 @@ async def similar(
             ]
         )
     lm = await loaded_model(models, model, owner)
-    _check_known(lm, pos + neg)
+    pos, neg = _folded(lm, pos), _folded(lm, neg)
+    with _answering(lm):
+        _check_known(lm, pos + neg)
     hits = None
     if len(pos) == 1 and not neg:
         hits = lm.model.vectors.precomputed_neighbours(pos[0], topn, restrict_vocab)
@@ -116,7 +135,9 @@ async def analogy(
 ) -> Response:
     """`a` is to `b` as `c` is to ...? (nearest to b - a + c)."""
     lm = await loaded_model(models, model, owner)
-    _check_known(lm, [a, b, c])
+    a, b, c = _folded(lm, [a, b, c])
+    with _answering(lm):
+        _check_known(lm, [a, b, c])
     hits = await asyncio.wrap_future(
         lm.batcher.submit([b, c], [a], topn=topn, restrict_vocab=restrict_vocab, method=method)
     )
@@ -129,7 +150,9 @@ async def similarity(
 ) -> SimilarityPublic:
     """Cosine similarity of two words."""
     lm = await loaded_model(models, model, owner)
-    return SimilarityPublic(model_id=lm.model_id, w1=w1, w2=w2, score=lm.model.vectors.similarity(w1, w2))
+    with _answering(lm):
+        score = lm.model.vectors.similarity(*_folded(lm, [w1, w2]))
+    return SimilarityPublic(model_id=lm.model_id, w1=w1, w2=w2, score=score)
 
 
 @router.get("/vector")
@@ -142,7 +165,8 @@ async def vector(
 ) -> VectorPublic:
     """The vector of one word."""
     lm = await loaded_model(models, model, owner)
-    vec = lm.model.vectors.get_vector(word, norm=norm)
+    with _answering(lm):
+        vec = lm.model.vectors.get_vector(_folded(lm, [word])[0], norm=norm)
     return VectorPublic(model_id=lm.model_id, word=word, vector=vec.tolist())
 
 
@@ -155,15 +179,23 @@ async def doesnt_match(
 ) -> DoesntMatchPublic:
     """The word that fits least with the others (unknown words are ignored unless all are)."""
     lm = await loaded_model(models, model, owner)
-    return DoesntMatchPublic(model_id=lm.model_id, word=lm.model.vectors.doesnt_match(words))
+    folded = _folded(lm, words)
+    with _answering(lm):
+        odd = lm.model.vectors.doesnt_match(folded)
+    # Answered in the caller's spelling of the word.
+    return DoesntMatchPublic(model_id=lm.model_id, word=words[folded.index(odd)])
 
 
 @router.post("/similar/batch")
 async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: OwnerDep) -> SimilarBatchPublic:
     """Many neighbour queries in one request, answered with one matrix product."""
-    queries = [(q.positive, q.negative) if isinstance(q, BatchQuery) else ([q], []) for q in body.queries]
     lm = await loaded_model(models, body.model, owner)
-    _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
+    queries = [
+        (_folded(lm, q.positive), _folded(lm, q.negative)) if isinstance(q, BatchQuery) else (_folded(lm, [q]), [])
+        for q in body.queries
+    ]
+    with _answering(lm):
+        _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
     vectors = lm.model.vectors
     results = await run_in_threadpool(
         vectors.most_similar_batch, queries, body.topn, body.restrict_vocab, method=body.method
