@@ -82,7 +82,7 @@ class TrainCreate(JsonBody):
     )
     min_count: StrictInt = Field(_D.min_count, ge=1, le=1_000_000, description="Ignore rarer words.")
     max_vocab: StrictInt | None = Field(
-        _D.max_vocab, ge=1, le=10_000_000, description="Keep at most this many most frequent words."
+        _D.max_vocab, ge=2, le=10_000_000, description="Keep at most this many most frequent words."
     )
     sample: float = Field(_D.sample, ge=0, le=1, description="Down-sampling threshold for frequent words.")
     epochs: StrictInt = Field(_D.epochs, ge=1, le=100)

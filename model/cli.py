@@ -339,7 +339,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--negative", type=int, default=d.negative)
     p.add_argument("--ns-exponent", type=float, default=d.ns_exponent)
     p.add_argument("--min-count", type=int, default=d.min_count)
-    p.add_argument("--max-vocab", type=_positive_int, default=None)
+    p.add_argument("--max-vocab", type=_int_at_least(2), default=None)
     p.add_argument("--sample", type=float, default=d.sample)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--alpha", type=float, default=d.alpha)

@@ -59,9 +59,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ParameterError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
         if self.max_vocab is not None and (
-            isinstance(self.max_vocab, bool) or not isinstance(self.max_vocab, int) or self.max_vocab < 1
+            isinstance(self.max_vocab, bool) or not isinstance(self.max_vocab, int) or self.max_vocab < 2
         ):
-            raise ParameterError(f"max_vocab must be a positive integer or None, got {self.max_vocab!r}")
+            # One word has nothing to be compared with.
+            raise ParameterError(f"max_vocab must be an integer of at least 2, or None, got {self.max_vocab!r}")
         if self.batch_words is not None and (
             isinstance(self.batch_words, bool)
             or not isinstance(self.batch_words, int)

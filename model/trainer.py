@@ -286,7 +286,8 @@ def train(
     t0 = time.perf_counter()
 
     encoded = encode(corpus, lowercase=cfg.lowercase, workers=threads)
-    vocab, source_ids = build_vocab(encoded, min_count=cfg.min_count, max_vocab=cfg.max_vocab)
+    # One word has nothing to be compared with: every query would answer nothing.
+    vocab, source_ids = build_vocab(encoded, min_count=cfg.min_count, max_vocab=cfg.max_vocab, min_words=2)
     corpus_stats = {
         "raw_words": encoded.n_words,
         "sentences": int(encoded.lengths.size),

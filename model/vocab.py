@@ -43,8 +43,11 @@ class TrainingCorpus:
         return int(self.raw_offsets[-1])
 
 
-def build_vocab(encoded: EncodedCorpus, *, min_count: int, max_vocab: int | None) -> tuple[Vocab, np.ndarray]:
-    """Return the vocabulary and, per vocabulary word, its id in `encoded`."""
+def build_vocab(
+    encoded: EncodedCorpus, *, min_count: int, max_vocab: int | None, min_words: int = 1
+) -> tuple[Vocab, np.ndarray]:
+    """Return the vocabulary and, per vocabulary word, its id in `encoded`; EmptyVocabularyError
+    when it would hold fewer than `min_words` words."""
     keep = np.flatnonzero(encoded.counts >= min_count)
     # Stable sort keeps first-appearance order among equal counts, so the result is deterministic.
     order = keep[np.argsort(-encoded.counts[keep], kind="stable")]
@@ -55,9 +58,33 @@ def build_vocab(encoded: EncodedCorpus, *, min_count: int, max_vocab: int | None
             f"no word occurs at least min_count={min_count} times "
             f"(the corpus has {len(encoded.words)} distinct words, the most frequent occurs "
             f"{int(encoded.counts.max(initial=0))} times); lower min_count or use a larger corpus"
+            f"{_unsplit_hint(encoded.words)}"
+        )
+    if order.size < min_words:
+        # Nothing to compare it with: every query would answer nothing.
+        raise EmptyVocabularyError(
+            f"only {', '.join(repr(encoded.words[i][:40]) for i in order)} "
+            f"{'is' if order.size == 1 else 'are'} in the vocabulary (min_count={min_count}"
+            f"{'' if max_vocab is None else f', max_vocab={max_vocab}'}); a model needs at least {min_words} words"
+            f"{_unsplit_hint(encoded.words)}"
         )
     vocab = Vocab(words=[encoded.words[i] for i in order], counts=encoded.counts[order].copy())
     return vocab, order
+
+
+# Words of this many characters on average, across the distinct words, mean text that is
+# not split into words by spaces (English averages under 10, even counting rare words).
+_UNSPLIT_MEAN_CHARS = 25
+
+
+def _unsplit_hint(words: list[str]) -> str:
+    sample = words[:: max(1, len(words) // 1000)]
+    if not sample or sum(map(len, sample)) / len(sample) < _UNSPLIT_MEAN_CHARS:
+        return ""
+    return (
+        f". Its words average {sum(map(len, sample)) / len(sample):.0f} characters: is the text split into words "
+        "by spaces? Chinese, Japanese or Thai text needs a word segmenter first (jieba, MeCab, PyThaiNLP)"
+    )
 
 
 def apply_vocab(

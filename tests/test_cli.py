@@ -271,16 +271,26 @@ def test_a_failure_after_training_still_saves_the_model(
 ) -> None:
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("king\tqueen\t9\nbread\tbutter\t7\n")  # no pair among the model's words
+    out = tmp_path / "m"
+    line = _error(capsys, _train_argv(small_corpus, out, "--pairs", str(pairs)))
+    assert "only 0 of 2 pairs" in line and "the model is saved without it" in line
+    assert len(load_model(out).vectors) >= 1
+
+
+def test_a_corpus_of_one_word_or_of_unsplit_text_is_refused_saying_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     one_word = tmp_path / "one.txt"
     one_word.write_text("word word word\n")
-    for corpus, flags, message in (
-        (small_corpus, ["--pairs", str(pairs)], "only 0 of 2 pairs"),
-        (one_word, ["--neighbours", "10"], "needs at least two words"),
-    ):
-        out = tmp_path / f"m-{flags[0]}"
-        line = _error(capsys, _train_argv(corpus, out, *flags))
-        assert message in line and "the model is saved without it" in line
-        assert len(load_model(out).vectors) >= 1
+    line = _error(capsys, _train_argv(one_word, tmp_path / "m"))
+    assert "only 'word' is in the vocabulary" in line and "needs at least 2 words" in line
+    assert "segmenter" not in line
+    unsplit = tmp_path / "cjk.txt"  # Japanese is written without spaces between words
+    tokyo, osaka = "東京は日本の首都であり世界最大の都市圏を形成している", "大阪は日本第二の都市圏の中心であり商業の町として知られる"
+    unsplit.write_text(f"{tokyo}\n" * 3 + f"{osaka}\n" * 6)
+    line = _error(capsys, ["train", str(unsplit), "--out", str(tmp_path / "m"), "--quiet"])  # min_count 5
+    assert "is the text split into words by spaces?" in line and "MeCab" in line
+    assert not (tmp_path / "m").exists()
 
 
 def test_checkpoint_is_removed_after_a_finished_run(
