@@ -286,7 +286,8 @@ def test_a_corpus_of_one_word_or_of_unsplit_text_is_refused_saying_why(
     assert "only 'word' is in the vocabulary" in line and "needs at least 2 words" in line
     assert "segmenter" not in line
     unsplit = tmp_path / "cjk.txt"  # Japanese is written without spaces between words
-    tokyo, osaka = "東京は日本の首都であり世界最大の都市圏を形成している", "大阪は日本第二の都市圏の中心であり商業の町として知られる"
+    tokyo = "東京は日本の首都であり世界最大の都市圏を形成している"
+    osaka = "大阪は日本第二の都市圏の中心であり商業の町として知られる"
     unsplit.write_text(f"{tokyo}\n" * 3 + f"{osaka}\n" * 6)
     line = _error(capsys, ["train", str(unsplit), "--out", str(tmp_path / "m"), "--quiet"])  # min_count 5
     assert "is the text split into words by spaces?" in line and "MeCab" in line
