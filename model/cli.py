@@ -170,6 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{t['words_per_sec']:.0f} words/s, final loss {t['final_loss']:.4f}, "
         f"{time.perf_counter() - start:.1f}s"
     )
+    if "evaluation" in model.meta:
+        _print_evaluation(model.meta["evaluation"])
     if failed is not None:
         raise CLIError(f"{failed} (the model is saved without it)")
     return 0
@@ -264,6 +266,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    _print_evaluation(result)
+    return 0
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
     if "analogies" in result:
         a = result["analogies"]
         print(f"analogies {a['file']}: accuracy {a['accuracy'] * 100:.2f}% ({a['correct']}/{a['total']}, "
@@ -271,7 +278,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for p in result.get("pairs", []):
         print(f"pairs {p['file']}: spearman {p['spearman']:.4f} pearson {p['pearson']:.4f} "
               f"({p['pairs']} pairs, {p['oov_ratio']:.1f}% oov)")
-    return 0
 
 
 def _print_results(results: Sequence[tuple[str, float]]) -> None:
@@ -308,9 +314,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
     model = load_model(args.model)
-    save_word2vec_format(model.vectors, out, binary=args.format == "word2vec-binary")
-    print(f"wrote {args.out}: {len(model.vectors)} words ({args.format})")
+    fmt = _export_format(out) if args.format == "auto" else args.format
+    save_word2vec_format(model.vectors, out, binary=fmt == "word2vec-binary")
+    print(f"wrote {args.out}: {len(model.vectors)} words ({fmt})")
     return 0
+
+
+def _export_format(out: Path) -> str:
+    """The format a file name asks for: text for .txt or .vec (compressed too), else binary."""
+    suffixes = [s.lower() for s in out.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz"):
+        suffixes.pop()
+    return "word2vec-text" if suffixes and suffixes[-1] in (".txt", ".vec", ".text") else "word2vec-binary"
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -399,7 +414,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("export", help="write a model in word2vec text or binary format")
     p.add_argument("model")
-    p.add_argument("--format", choices=["word2vec-text", "word2vec-binary"], default="word2vec-binary")
+    p.add_argument(
+        "--format",
+        choices=["auto", "word2vec-text", "word2vec-binary"],
+        default="auto",
+        help="auto (default): text when --out ends in .txt or .vec (before any .gz, .bz2 or .xz), else binary",
+    )
     p.add_argument("--out", required=True, help="file to write; .gz, .bz2 or .xz compresses it")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)

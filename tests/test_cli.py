@@ -57,6 +57,9 @@ def test_train_shows_progress_and_evaluates(tmp_path: Path, lee_text: Path, caps
     evaluation = load_model(out).meta["evaluation"]
     assert 0.0 <= evaluation["analogies"]["accuracy"] <= 1.0
     assert evaluation["pairs"][0]["file"] == "wordsim353.tsv"
+    # The scores are printed, as `w2v eval` prints them.
+    assert f"accuracy {evaluation['analogies']['accuracy'] * 100:.2f}%" in captured.out
+    assert f"pairs wordsim353.tsv: spearman {evaluation['pairs'][0]['spearman']:.4f}" in captured.out
 
 
 def test_similar_and_analogy_print_scored_words(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,6 +151,19 @@ def test_export_then_import_round_trip(trained: Path, tmp_path: Path, fmt: str) 
     assert main(["import", str(exported), "--out", str(tmp_path / "imported")]) == 0
     imported = load_model(tmp_path / "imported").vectors
     np.testing.assert_allclose(imported.vectors, load_model(trained).vectors.vectors, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("name", "binary"),
+    [("v.txt", False), ("v.vec.gz", False), ("V.TXT.bz2", False), ("v.bin", True), ("v.w2v", True), ("v", True)],
+)
+def test_export_picks_the_format_the_file_name_asks_for(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, binary: bool
+) -> None:
+    out = tmp_path / name
+    assert main(["export", str(trained), "--out", str(out)]) == 0
+    assert ("word2vec-binary" if binary else "word2vec-text") in capsys.readouterr().out
+    assert len(load_word2vec_format(out, binary=binary)) == len(load_model(trained).vectors)
 
 
 def test_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
