@@ -93,7 +93,11 @@ class TrainCreate(JsonBody):
         _D.lowercase,
         description="Lower-case the corpus before training; the model then lower-cases the words it is asked.",
     )
-    device: Device = Field(cast(Device, _D.device), description="Where to train; 'auto': the worker decides.")
+    device: Device = Field(
+        "auto",
+        description="Where to train. 'auto' (default): on the GPU of a worker that has one (`w2v worker --device "
+        "cuda`, or `auto` with CuPy and a GPU), else on the CPU; 'cuda' waits for a GPU worker; 'cpu' never uses one.",
+    )
     engine: Engine = Field(cast(Engine, _D.engine))
 
     @model_validator(mode="after")

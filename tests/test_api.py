@@ -264,6 +264,8 @@ def test_train_queues_a_job(client: TestClient, layout: StoreLayout) -> None:
     assert job["progress"]["epoch"] == 0 and job["progress"]["epochs"] == 3
     assert job["config"]["vector_size"] == 20 and job["config"]["window"] == 5  # trainer defaults fill the rest
     assert job["model_id"] is None and job["error"] is None and job["started_at"] is None
+    # Device auto: the queue every worker takes, GPU workers included, which train it on their GPU.
+    assert job["device"] == "auto"
     assert queued_messages(layout) == [("w2v.train", [job_id], "cpu")]
 
 
