@@ -27,6 +27,10 @@ class InvalidCorpus(ValueError):
     """The uploaded bytes are not a usable corpus."""
 
 
+class CorpusTooLarge(InvalidCorpus):
+    """The text, decompressed, is over the store's limit."""
+
+
 class CorpusNotFound(LookupError):
     def __init__(self, corpus_id: str) -> None:
         self.corpus_id = corpus_id
@@ -63,10 +67,11 @@ class TextStats:
     has_words: bool  # anything but whitespace
 
 
-def count_text(path: Path, compression: str) -> TextStats:
+def count_text(path: Path, compression: str, max_text_bytes: int | None = None) -> TextStats:
     """Lines (a last line without a newline still counts), size and invalid UTF-8 of the text.
 
-    Raises InvalidCorpus for data that does not decompress and for text that is not UTF-8.
+    Raises InvalidCorpus for data that does not decompress and for text that is not UTF-8,
+    CorpusTooLarge as soon as the decompressed text passes `max_text_bytes`.
     """
     lines = size = valid = 0
     has_words = False
@@ -86,12 +91,17 @@ def count_text(path: Path, compression: str) -> TextStats:
                     _check_is_text(block)
                 lines += block.count(b"\n")
                 size += len(block)
+                if max_text_bytes is not None and size > max_text_bytes:
+                    raise CorpusTooLarge(
+                        f"the corpus decompresses to more than {max_text_bytes} bytes of text, the limit "
+                        f"(W2V_MAX_CORPUS_TEXT_BYTES); split it, or train on a part of it"
+                    )
                 last = block[-1:]
                 if block.isascii() and not decoder.getstate()[0]:
                     valid += len(block)
                 else:
                     valid += len(decoder.decode(block).encode("utf-8", "ignore"))
-    except InvalidCorpus:
+    except InvalidCorpus:  # CorpusTooLarge too
         raise
     except (*corpus_files.DECOMPRESS_ERRORS, ValueError) as exc:
         raise InvalidCorpus(f"the upload looks like {compression} data but does not decompress: {exc}") from exc
@@ -108,8 +118,9 @@ def corpus_lock(corpus_id: str) -> str:
 
 
 class CorpusStore:
-    def __init__(self, layout: StoreLayout) -> None:
+    def __init__(self, layout: StoreLayout, max_text_bytes: int | None = None) -> None:
         self.layout = layout
+        self.max_text_bytes = max_text_bytes
 
     def ingest(
         self,
@@ -123,7 +134,7 @@ class CorpusStore:
         """Adopt an uploaded temporary file as a new corpus; blocking (reads the whole file)."""
         try:
             compression = compression_of(tmp)
-            stats = count_text(tmp, compression)
+            stats = count_text(tmp, compression, self.max_text_bytes)
             if stats.text_bytes == 0:
                 raise InvalidCorpus("the corpus is empty")
             if not stats.has_words:

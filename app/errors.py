@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.corpora import CorpusNotFound, InvalidCorpus
+from app.corpora import CorpusNotFound, CorpusTooLarge, InvalidCorpus
 from app.modelstore import ModelDamaged, ModelNotFound
 from model import (
     CorpusError,
@@ -157,6 +157,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def bad_file(request: Request, exc: Exception) -> JSONResponse:
         return _unprocessable(_scrub_paths(request, str(exc)), ["body"])
 
+    async def too_large(_: Request, exc: Exception) -> JSONResponse:
+        return _detail(status.HTTP_413_CONTENT_TOO_LARGE, str(exc))
+
     async def store_down(_: Request, exc: Exception) -> JSONResponse:
         return _detail(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -227,6 +230,7 @@ def install_error_handlers(app: FastAPI) -> None:
         JobNotFound: not_found,
         ParameterError: bad_parameter,
         DeviceError: bad_parameter,
+        CorpusTooLarge: too_large,
         InvalidCorpus: bad_file,
         ModelFormatError: bad_file,
         CorpusError: bad_file,

@@ -42,7 +42,7 @@ def open_services(settings: Settings) -> Services:
         settings=settings,
         layout=layout,
         models=ModelStore(layout, settings.model_cache_size),
-        corpora=CorpusStore(layout),
+        corpora=CorpusStore(layout, settings.max_corpus_text_bytes),
         jobs=open_job_store(settings, layout),
         celery=create_celery(settings),
         keys=KeyRing(settings.api_keys),

@@ -20,6 +20,12 @@ class Settings(WorkerSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_upload_bytes: int = Field(default=1024 * MiB, ge=1, description="Largest corpus or model upload.")
+    max_corpus_text_bytes: int = Field(
+        default=32 * 1024 * MiB,
+        ge=1,
+        description="Largest corpus once decompressed: a small compressed upload can hold a huge text, "
+        "which a worker would tokenise to disk for hours.",
+    )
     max_inline_text_bytes: int = Field(
         default=1 * MiB, ge=1, description="Largest corpus sent inline as 'text' in POST /train."
     )

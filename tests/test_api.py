@@ -62,6 +62,7 @@ def settings(tmp_path: Path) -> Settings:
         store=tmp_path / "store",
         broker_url=None,
         max_upload_bytes=200_000,
+        max_corpus_text_bytes=1_000_000,
         max_inline_text_bytes=2_000,
         max_request_bytes=16_384,
     )
@@ -226,6 +227,18 @@ def test_corpus_upload_over_the_cap_is_413(client: TestClient, layout: StoreLayo
     assert r.status_code == 413
     assert client.get("/corpora").json() == []
     assert list(layout.tmp.iterdir()) == []  # partial uploads are removed
+
+
+def test_a_compressed_corpus_over_the_text_cap_is_413(client: TestClient, layout: StoreLayout) -> None:
+    # 1.5 MB of text in about 2 kB: under the upload cap, over the cap on text (1 MB here).
+    bomb = gzip.compress(b"word " * 300_000)
+    assert len(bomb) < 200_000
+    r = client.post("/corpora", content=bomb, headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 413 and "W2V_MAX_CORPUS_TEXT_BYTES" in r.json()["detail"]
+    assert client.get("/corpora").json() == []
+    assert list(layout.tmp.iterdir()) == [] and list(layout.corpora.iterdir()) == []
+    r = client.post("/corpora", content=gzip.compress(b"word " * 150_000), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201 and r.json()["text_bytes"] == 750_000
 
 
 def test_corpus_in_use_by_a_queued_job_cannot_be_deleted(client: TestClient) -> None:
