@@ -47,6 +47,17 @@ _MAX_WORD_BYTES = 1 << 16
 _FLOAT_FORMAT = "%.9g"
 
 _COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+# Files people reach for that are not in this format, by their first bytes, and what to do.
+_OTHER_FORMATS = (
+    (b"\xba\x16\x4f\x2f", "a fastText .bin model: import the .vec file fastText writes beside it"),
+    (
+        b"\x80",
+        "a Python pickle (gensim's .model or .kv files are): write it with gensim's "
+        "model.wv.save_word2vec_format('vectors.bin', binary=True) and import that",
+    ),
+    (b"\x93NUMPY", "a NumPy .npy array, which holds no words: write a word2vec text or binary file"),
+    (b"PK\x03\x04", "a zip archive: extract the vectors file from it"),
+)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -271,6 +282,9 @@ def _read_headerless(first: bytes, stream: IO[bytes], options: _Options) -> tupl
 
 
 def _parse_header(header: bytes, path: Path) -> tuple[int, int]:
+    for magic, what in _OTHER_FORMATS:
+        if header.startswith(magic):
+            raise ModelFormatError(f"{path}: not a word2vec file but {what}")
     fields = header.split()
     try:
         if len(fields) != 2:

@@ -237,6 +237,21 @@ def test_words_cut_inside_a_character_read_as_gensim_reads_them(tmp_path, errors
         assert theirs.index_to_key[0] == loaded.words[0]
 
 
+def test_files_of_other_formats_are_named_with_what_to_do(tmp_path) -> None:
+    kv = KeyedVectors(3)
+    kv.add_vectors(["a", "b"], np.ones((2, 3), dtype=np.float32))
+    kv.save(str(tmp_path / "vectors.kv"))  # a pickle
+    np.save(tmp_path / "vectors.npy", np.ones((2, 3)))
+    (tmp_path / "cc.en.300.bin").write_bytes(struct.pack("<ii", 793712314, 12) + bytes(64))  # fastText's magic
+    for name, message in (
+        ("vectors.kv", "save_word2vec_format"),
+        ("vectors.npy", "NumPy .npy array"),
+        ("cc.en.300.bin", "import the .vec file"),
+    ):
+        with pytest.raises(ModelFormatError, match=message):
+            load_word2vec_format(tmp_path / name)
+
+
 @pytest.mark.parametrize(("data", "binary", "message"), MALFORMED)
 def test_malformed_files_raise_model_format_error(tmp_path, data, binary, message) -> None:
     path = tmp_path / "bad.w2v"
