@@ -37,6 +37,9 @@ Engine = Literal["auto", "hogwild", "minibatch"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 StrictInt = Annotated[int, Field(strict=True)]
+# A JSON number (an integer too), never a string: "0.1" is refused as "100" is for an integer.
+StrictFloat = Annotated[float, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
 
 
 def _takes_int(annotation: Any) -> bool:
@@ -77,19 +80,19 @@ class TrainCreate(JsonBody):
     vector_size: StrictInt = Field(_D.vector_size, ge=1, le=1000, description="Dimensions of the word vectors.")
     window: StrictInt = Field(_D.window, ge=1, le=50, description="Largest distance between a word and its context.")
     negative: StrictInt = Field(_D.negative, ge=1, le=50, description="Negative samples per word.")
-    ns_exponent: float = Field(
+    ns_exponent: StrictFloat = Field(
         _D.ns_exponent, ge=-2, le=2, description="Exponent of the negative-sampling distribution."
     )
     min_count: StrictInt = Field(_D.min_count, ge=1, le=1_000_000, description="Ignore rarer words.")
     max_vocab: StrictInt | None = Field(
         _D.max_vocab, ge=2, le=10_000_000, description="Keep at most this many most frequent words."
     )
-    sample: float = Field(_D.sample, ge=0, le=1, description="Down-sampling threshold for frequent words.")
+    sample: StrictFloat = Field(_D.sample, ge=0, le=1, description="Down-sampling threshold for frequent words.")
     epochs: StrictInt = Field(_D.epochs, ge=1, le=100)
-    alpha: float = Field(_D.alpha, gt=0, le=1, description="Initial learning rate.")
-    min_alpha: float = Field(_D.min_alpha, ge=0, le=1, description="Final learning rate (linear decay).")
+    alpha: StrictFloat = Field(_D.alpha, gt=0, le=1, description="Initial learning rate.")
+    min_alpha: StrictFloat = Field(_D.min_alpha, ge=0, le=1, description="Final learning rate (linear decay).")
     seed: StrictInt = Field(_D.seed, ge=0, lt=2**32)
-    lowercase: bool = Field(
+    lowercase: StrictBool = Field(
         _D.lowercase,
         description="Lower-case the corpus before training; the model then lower-cases the words it is asked.",
     )

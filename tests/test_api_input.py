@@ -87,6 +87,10 @@ def assert_nothing_stored(client: TestClient, layout: StoreLayout) -> None:
         ("/train", b'{"corpus_id": "CORPUS", "sample": -Infinity}', "sample"),
         ("/train", b'{"corpus_id": "CORPUS", "ns_exponent": NaN}', "ns_exponent"),
         ("/train", b'{"corpus_id": "CORPUS", "vector_size": -1e999}', "vector_size"),
+        # Numbers and booleans as strings are refused alike, floats as integers are.
+        ("/train", b'{"corpus_id": "CORPUS", "alpha": "0.1"}', "alpha"),
+        ("/train", b'{"corpus_id": "CORPUS", "epochs": "3"}', "epochs"),
+        ("/train", b'{"corpus_id": "CORPUS", "lowercase": "true"}', "lowercase"),
     ],
 )
 def test_nan_and_infinity_in_json_bodies_are_422_naming_the_field(
