@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from collections import Counter
+from collections.abc import Iterator
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 
 from app.auth import Owner
 from app.corpora import CorpusStore
@@ -83,3 +88,64 @@ async def get_owner(request: Request, _: Annotated[None, Depends(require_api_key
 
 
 OwnerDep = Annotated[Owner, Depends(get_owner)]
+
+
+async def check_query_params(request: Request) -> None:
+    """Refuse query parameters the operation does not take ("topk=5" for topn) and a repeated
+    one that takes a single value ("word=a&word=b"), which would otherwise be silently ignored
+    or cut to the last one."""
+    if not request.scope.get("query_string"):
+        return
+    route = request.scope.get("route")
+    shape = getattr(route, "_w2v_query_shape", None)
+    if shape is None:
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            return
+        shape = _query_shape(dependant)
+        route._w2v_query_shape = shape  # type: ignore[union-attr]
+    names, multi = shape
+    counts = Counter(key for key, _ in request.query_params.multi_items())
+    errors = [
+        {
+            "loc": ["query", key],
+            "msg": f"unknown query parameter {key!r}; this operation takes: {', '.join(sorted(names)) or 'none'}",
+            "type": "extra_forbidden",
+        }
+        for key in counts
+        if key not in names
+    ] + [
+        {
+            "loc": ["query", key],
+            "msg": f"{key!r} is given {n} times; it takes one value",
+            "type": "value_error",
+        }
+        for key, n in counts.items()
+        if n > 1 and key in names and key not in multi
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def _query_shape(dependant: Dependant) -> tuple[frozenset[str], frozenset[str]]:
+    """(every query parameter the operation takes, those that take several values)."""
+    fields = list(_query_fields(dependant))
+    return (
+        frozenset(f.alias for f in fields),
+        frozenset(f.alias for f in fields if _takes_several(f.field_info.annotation)),
+    )
+
+
+def _query_fields(dependant: Dependant) -> Iterator[Any]:
+    yield from dependant.query_params
+    for sub in dependant.dependencies:
+        yield from _query_fields(sub)
+
+
+def _takes_several(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_several(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_takes_several(a) for a in get_args(annotation) if a is not type(None))
+    return origin in (list, tuple, set, frozenset)

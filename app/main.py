@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.batching import limit_blas_threads
-from app.deps import require_api_key
+from app.deps import check_query_params, require_api_key
 from app.errors import BodySizeLimit, install_error_handlers
 from app.fastpath import SimilarFromTable
 from app.metrics import AppMetrics, RequestMetrics
@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
-    protected = [Depends(require_api_key)]
+    protected = [Depends(require_api_key), Depends(check_query_params)]
     # Routes are matched in order; the query routes, by far the most requested, come first.
     for module in (query, models, train, corpora, metrics, docs):
         app.include_router(module.router, dependencies=protected)

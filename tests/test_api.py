@@ -837,6 +837,20 @@ def test_query_parameter_errors_are_422(client: TestClient, model_id: str) -> No
         assert field in {str(part) for e in r.json()["detail"] for part in e["loc"]}, r.json()
 
 
+def test_unknown_and_repeated_query_parameters_are_422_not_ignored(client: TestClient, model_id: str) -> None:
+    r = client.get("/similar", params={"word": "king", "topk": 5})  # a typo of topn
+    assert r.status_code == 422 and error_fields(r) == {"topk"}
+    assert "unknown query parameter 'topk'" in r.json()["detail"][0]["msg"] and "topn" in r.json()["detail"][0]["msg"]
+    r = client.get("/similar", params=[("word", "king"), ("word", "man")])
+    assert r.status_code == 422 and "'word' is given 2 times" in r.json()["detail"][0]["msg"]
+    r = client.get("/jobs", params={"status": "running"})  # the parameter is `state`
+    assert r.status_code == 422 and error_fields(r) == {"status"}
+    # Parameters that take several values, and every parameter given once, still work.
+    assert client.get("/similar", params=[("positive", "king"), ("positive", "woman"), ("negative", "man")]).is_success
+    assert client.get("/similar", params={"word": "king", "topn": 3, "model": model_id}).is_success
+    assert client.get(f"/models/{model_id}/export", params={"format": "word2vec-text"}).is_success
+
+
 def test_unknown_model_in_queries_is_404(client: TestClient, model_id: str) -> None:
     for path, params in [
         ("/similar", {"word": "king"}),
