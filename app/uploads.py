@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from app.schemas import Name
 from worker.storage import new_id
@@ -119,9 +120,13 @@ async def receive_upload(request: Request, tmp_dir: Path, max_bytes: int, *, fie
                     f"{_HOW_TO_SEND}. Text for training can also come inline: POST /train with "
                     '{"text": "..."}'
                 )
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        if isinstance(exc, ClientDisconnect):
+            # A client that gave up mid-upload is an ordinary event, not a server error with a
+            # traceback in the log; nobody is left to read the answer.
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="the client disconnected mid-upload") from None
         raise
     return upload
 

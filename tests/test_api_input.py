@@ -585,3 +585,29 @@ def test_a_lock_held_too_long_is_503_with_retry_after(client: TestClient, monkey
         assert "retry" in r.json()["detail"]
     monkeypatch.undo()
     assert client.get(f"/corpora/{corpus['id']}").status_code == 200 and client.get("/jobs").json() == []
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_client_that_disconnects_mid_upload_is_an_answer_not_a_server_error(tmp_path: Path, multipart: bool) -> None:
+    import anyio
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from app.uploads import receive_upload
+
+    first = b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nhalf a ' if multipart else b"half a "
+    messages = [{"type": "http.request", "body": first, "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    content_type = b"multipart/form-data; boundary=xyz" if multipart else b"text/plain"
+    scope = {"type": "http", "method": "POST", "path": "/corpora", "headers": [(b"content-type", content_type)]}
+
+    async def upload() -> None:
+        await receive_upload(Request(scope, receive), tmp_path, 1 << 20)
+
+    with pytest.raises(HTTPException) as raised:
+        anyio.run(upload)
+    assert raised.value.status_code == 400 and "disconnected" in raised.value.detail
+    assert list(tmp_path.iterdir()) == []  # the partial upload is removed
