@@ -70,6 +70,8 @@ class TextStats:
 def count_text(path: Path, compression: str, max_text_bytes: int | None = None) -> TextStats:
     """Lines (a last line without a newline still counts), size and invalid UTF-8 of the text.
 
+    Lines end as training reads them (Python's universal newlines): at "\n", "\r\n" or a lone "\r".
+
     Raises InvalidCorpus for data that does not decompress and for text that is not UTF-8,
     CorpusTooLarge as soon as the decompressed text passes `max_text_bytes`.
     """
@@ -89,7 +91,10 @@ def count_text(path: Path, compression: str, max_text_bytes: int | None = None) 
                 has_words = has_words or bool(words.decode(block).split())
                 if size == 0:
                     _check_is_text(block)
-                lines += block.count(b"\n")
+                # "\r\n" split between blocks: its "\r" was counted with the block before.
+                lines += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+                if last == b"\r" and block.startswith(b"\n"):
+                    lines -= 1
                 size += len(block)
                 if max_text_bytes is not None and size > max_text_bytes:
                     raise CorpusTooLarge(
@@ -107,7 +112,7 @@ def count_text(path: Path, compression: str, max_text_bytes: int | None = None) 
         raise InvalidCorpus(f"the upload looks like {compression} data but does not decompress: {exc}") from exc
     valid += len(decoder.decode(b"", final=True).encode("utf-8", "ignore"))
     has_words = has_words or bool(words.decode(b"", final=True).split())
-    if size and last != b"\n":
+    if size and last not in (b"\n", b"\r"):
         lines += 1
     return TextStats(lines=lines, text_bytes=size, invalid_utf8_bytes=size - valid, has_words=has_words)
 

@@ -611,3 +611,24 @@ def test_a_client_that_disconnects_mid_upload_is_an_answer_not_a_server_error(tm
         anyio.run(upload)
     assert raised.value.status_code == 400 and "disconnected" in raised.value.detail
     assert list(tmp_path.iterdir()) == []  # the partial upload is removed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"one\rtwo\rthree",  # classic Mac line ends
+        b"one\r\ntwo\r\n\r\nthree\r\n",
+        b"mixed\rends\nhere\r\n\rlast",
+        b"a" * (2**20 - 1) + b"\r\nb c\rd\n",  # a "\r\n" split between two read blocks
+        b"a" * (2**20 - 1) + b"\r" + b"\rb",
+    ],
+)
+def test_an_uploads_line_count_is_the_lines_training_reads(tmp_path: Path, text: bytes) -> None:
+    import io
+
+    from app.corpora import count_text
+
+    path = tmp_path / "c.txt"
+    path.write_bytes(text)
+    read = io.TextIOWrapper(io.BytesIO(text), encoding="utf-8", newline=None).readlines()
+    assert count_text(path, "none").lines == len(read)
