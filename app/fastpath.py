@@ -19,6 +19,7 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.services import Services
+from model.errors import W2VError
 
 _PATH = "/similar"
 _KEYS = frozenset({"word", "topn", "model", "restrict_vocab"})
@@ -69,7 +70,10 @@ class SimilarFromTable:
         vectors = loaded.model.vectors
         if word not in vectors:
             return None
-        hits = vectors.precomputed_neighbours(word, int(topn), int(restrict) if restrict is not None else None)
+        try:
+            hits = vectors.precomputed_neighbours(word, int(topn), int(restrict) if restrict is not None else None)
+        except W2VError:  # the app refuses it, with its own answer
+            return None
         if hits is None:
             return None
         # Last, so a request handed to the app is charged once, there (a 429 comes from the app).

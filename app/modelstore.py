@@ -25,7 +25,7 @@ from typing import Any
 
 from app.auth import Owner, owned_by
 from app.batching import QueryBatcher
-from model import Model, ModelFormatError, load_model
+from model import Model, ModelFormatError, ParameterError, load_model
 from model.atomic import atomic_file
 from model.store import META_FILE, VECTORS_FILE, VOCAB_FILE, read_meta
 from worker.storage import StoreLayout, is_id, new_id
@@ -271,7 +271,8 @@ class ModelStore:
             model.vectors.int8_rows  # noqa: B018
             if len(model.vectors) > 2:
                 # Two words: a one-word query would be read from the neighbour table instead.
-                model.vectors.most_similar(model.vectors.words[:2], topn=1)
+                with contextlib.suppress(ParameterError):  # an all-zero vector among them
+                    model.vectors.most_similar(model.vectors.words[:2], topn=1)
             loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path, inode)
             evicted: list[LoadedModel] = []
             with self._lock:

@@ -169,10 +169,18 @@ def evaluate_analogies(
 
     answerable = [q for q in questions if all(w in ok_vocab for w in q[1:])]
     words = vectors.words
-    batch = [([words[ok_vocab[b]], words[ok_vocab[c]]], [words[ok_vocab[a]]]) for _, a, b, c, _ in answerable]
+    # A question with an all-zero vector among a, b, c has no answer to search for (gensim
+    # ranks NaN scores); it counts as answered wrongly.
+    searchable = [all(vectors.vectors[ok_vocab[w]].any() for w in q[1:4]) for q in answerable]
+    batch = [
+        ([words[ok_vocab[b]], words[ok_vocab[c]]], [words[ok_vocab[a]]])
+        for (_, a, b, c, _), ok in zip(answerable, searchable, strict=True)
+        if ok
+    ]
     # gensim asks for 5 neighbours and takes the first that is not a case variant of a question
     # word; asking for the same 5 reproduces its answer even in that corner case.
-    neighbours = vectors.most_similar_batch(batch, topn=5, restrict_vocab=restrict_vocab, method=method)
+    found = iter(vectors.most_similar_batch(batch, topn=5, restrict_vocab=restrict_vocab, method=method))
+    neighbours = [next(found) if ok else [] for ok in searchable]
 
     correct = [0] * len(section_names)
     total = [0] * len(section_names)

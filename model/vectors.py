@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeAlias, TypeGuard
 
 import numpy as np
@@ -184,6 +184,15 @@ class _Parsed:
     negative: list[FloatArray]
     excluded: set[int]
     weighted: bool = False  # some term came with a weight: its vector is weight x the unit vector
+    zero_words: list[str] = field(default_factory=list)  # words whose vector is all zeros
+
+
+def _no_direction(words: Sequence[str]) -> ParameterError:
+    # gensim answers such queries with NaN scores; any ranking of them would be made up.
+    return ParameterError(
+        f"the vector of {', '.join(repr(w) for w in words)} is all zeros: it has no direction, so no word "
+        "is more similar to it than another"
+    )
 
 
 def _top_k(scores: FloatArray, k: int) -> IntArray:
@@ -504,6 +513,8 @@ class Vectors:
         can answer it where it stands instead of queueing it for a search thread."""
         _check_limits(topn, restrict_vocab)
         row = self.index(word)
+        if not self.vectors[row].any():
+            raise _no_direction([word])
         return self._table_hits(row, topn, self._rows_searched(restrict_vocab))
 
     def most_similar_cosmul(
@@ -559,6 +570,7 @@ class Vectors:
         report all of them at once."""
         sides: list[list[FloatArray]] = [[], []]
         excluded: set[int] = set()
+        zero_words: list[str] = []
         weighted = False
         for side, terms in zip(sides, (positive, negative), strict=True):
             for item in _as_terms(terms):
@@ -576,6 +588,8 @@ class Vectors:
                         continue
                     side.append(unit[i])
                     excluded.add(i)
+                    if not unit[i].any():
+                        zero_words.append(term)
                 elif isinstance(term, np.ndarray):
                     if term.shape != (self.vector_size,):
                         raise ParameterError(f"query vector has shape {term.shape}, expected ({self.vector_size},)")
@@ -590,7 +604,7 @@ class Vectors:
                     # `negative` adds half of w, ("w", -0.5) subtracts it; the side subtracts.
                     signed = weight if side is sides[0] else -weight
                     side[-1] = np.float64(signed) * side[-1]  # type: ignore[assignment]
-        return _Parsed(sides[0], sides[1], excluded, weighted)
+        return _Parsed(sides[0], sides[1], excluded, weighted, zero_words)
 
     def _mean_directions(self, queries: list[_Parsed]) -> FloatArray:
         """gensim's `get_mean_vector(..., pre_normalize=True, post_normalize=True)` per query:
@@ -634,6 +648,8 @@ class Vectors:
         if unknown:
             raise UnknownWordError(unknown, self.key_to_index)
         for query in parsed:
+            if query.zero_words:
+                raise _no_direction(query.zero_words)
             if query.weighted and method == "mul":
                 raise ParameterError("term weights apply to most_similar (3CosAdd) only, not to 3CosMul")
             if not query.positive and (method == "mul" or not query.negative):
@@ -650,6 +666,11 @@ class Vectors:
             for start in range(0, len(parsed), _ADD_QUERY_CHUNK):
                 part = parsed[start : start + _ADD_QUERY_CHUNK]
                 means = self._mean_directions(part)
+                if not means.any(axis=1).all():
+                    raise ParameterError(
+                        "the query's terms cancel out (the same word positive and negative, say): their "
+                        "mean has no direction to compare words with"
+                    )
                 shortlists = self._add_shortlist(means, part, candidates, topn)
                 results.extend(self._rank(shortlists, self._add_exact(means, shortlists), part, topn))
             return results
@@ -669,7 +690,9 @@ class Vectors:
         if len(terms) != 1 or not isinstance(terms[0], str):
             return None
         row = self.key_to_index.get(terms[0])
-        return None if row is None else self._table_hits(row, topn, n)
+        if row is None or not self.vectors[row].any():
+            return None  # the search reports these
+        return self._table_hits(row, topn, n)
 
     def _table_hits(self, row: int, topn: int, n: int) -> list[tuple[str, float]] | None:
         found = self.neighbours.lookup(row, topn, n) if self.neighbours is not None else None

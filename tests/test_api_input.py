@@ -632,3 +632,18 @@ def test_an_uploads_line_count_is_the_lines_training_reads(tmp_path: Path, text:
     path.write_bytes(text)
     read = io.TextIOWrapper(io.BytesIO(text), encoding="utf-8", newline=None).readlines()
     assert count_text(path, "none").lines == len(read)
+
+
+def test_a_query_of_a_word_with_no_direction_is_422(client: TestClient) -> None:
+    r = client.post("/models/import", content=b"4 2\na 1 2\nz 0 0\nb 3 4\nc -1 0.5\n")
+    assert r.status_code == 201
+    model_id = r.json()["model_id"]
+    for path, params in (
+        ("/similar", {"word": "z"}),
+        ("/analogy", {"a": "a", "b": "b", "c": "z"}),
+        ("/similar", [("positive", "a"), ("negative", "a")]),
+    ):
+        r = client.get(path, params=[*(params.items() if isinstance(params, dict) else params), ("model", model_id)])
+        assert r.status_code == 422, r.text
+        assert "no direction" in only_error(r)["msg"]
+    assert client.get("/similar", params={"word": "a", "model": model_id}).status_code == 200

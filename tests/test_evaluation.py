@@ -291,3 +291,17 @@ def test_a_damaged_compressed_file_is_a_format_error(tmp_path) -> None:
     path.write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
     with pytest.raises(ModelFormatError, match="cannot read it"):
         read_word_pairs(path)
+
+
+def test_a_question_with_an_all_zero_vector_counts_as_answered_wrongly(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    arr = rng.standard_normal((6, 4)).astype(np.float32)
+    arr[2] = 0.0  # an imported file can hold all-zero vectors
+    vecs = Vectors(["a", "b", "z", "c", "d", "e"], arr)
+    path = tmp_path / "q.txt"
+    path.write_text(": s\na b c d\na z c d\nz b c d\n", encoding="utf-8")
+    with_zero = evaluate_analogies(vecs, path)
+    path.write_text(": s\na b c d\n", encoding="utf-8")
+    without = evaluate_analogies(vecs, path)
+    assert (with_zero.total, with_zero.skipped) == (3, 0)
+    assert with_zero.correct == without.correct

@@ -550,3 +550,33 @@ def test_index_names_and_lists_of_words(store) -> None:
     assert ours[[]].shape == (0, DIM)
     with pytest.raises(UnknownWordError, match="'nosuch'"):
         ours[["w1", "nosuch"]]
+
+
+def test_a_word_with_no_direction_is_a_clear_error_not_a_made_up_ranking() -> None:
+    from model.neighbours import build_neighbours
+
+    rng = np.random.default_rng(5)
+    arr = rng.standard_normal((50, 8)).astype(np.float32)
+    arr[3] = 0.0  # an imported file can hold all-zero vectors
+    words = [f"w{i}" for i in range(50)]
+    v = Vectors(words, arr)
+    for query in (
+        lambda: v.most_similar("w3"),
+        lambda: v.most_similar(["w1", "w3"]),
+        lambda: v.most_similar_cosmul("w3"),
+        lambda: v.analogy("w1", "w2", "w3"),
+        lambda: v.most_similar_batch(["w1", "w3"]),
+    ):
+        with pytest.raises(ParameterError, match="'w3' is all zeros"):
+            query()
+    with pytest.raises(ParameterError, match="cancel out"):
+        v.most_similar("w1", negative="w1")
+    # Other words still answer, the zero row scoring 0; the neighbour table builds, and its
+    # row for the zero word is never served.
+    assert ("w3", 0.0) in v.most_similar("w1", topn=50)
+    v.attach_neighbours(build_neighbours(v, k=5))
+    assert v.most_similar("w1", topn=5) == v.precomputed_neighbours("w1", topn=5)
+    with pytest.raises(ParameterError, match="'w3' is all zeros"):
+        v.precomputed_neighbours("w3")
+    with pytest.raises(ParameterError, match="'w3' is all zeros"):
+        v.most_similar("w3")
