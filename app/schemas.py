@@ -236,8 +236,18 @@ class DoesntMatchPublic(BaseModel):
 class BatchQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    positive: list[Word] = Field(min_length=1, max_length=100, description="At least one word.")
-    negative: list[Word] = Field(default_factory=list, max_length=100)
+    positive: list[Word] = Field(default_factory=list, max_length=100)
+    negative: list[Word] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Words to move away from. A query needs at least one word; 3CosMul, a positive one.",
+    )
+
+    @model_validator(mode="after")
+    def _some_word(self) -> BatchQuery:
+        if not self.positive and not self.negative:
+            raise ValueError("a query needs at least one positive or negative word")
+        return self
 
 
 class SimilarBatchCreate(JsonBody):

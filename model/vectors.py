@@ -144,7 +144,9 @@ def _as_terms(terms: Terms) -> list[Term]:
         raise ParameterError(f"a query vector must be 1-D (or 2-D for several), got {terms.ndim}-D")
     if isinstance(terms, tuple) and len(terms) == 2 and _is_weight(terms[1]):
         return [terms]  # type: ignore[list-item]  # one (term, weight) pair
-    return list(terms)  # type: ignore[arg-type]
+    if not isinstance(terms, Iterable):
+        return [terms]  # a lone term of another type, which the caller refuses by name
+    return list(terms)
 
 
 def _split_query(query: Query) -> tuple[Terms, Terms]:
@@ -252,8 +254,8 @@ def _band_shortlists(
 
 
 def _check_limits(topn: int, restrict_vocab: int | None) -> None:
-    if isinstance(topn, bool) or not isinstance(topn, int | np.integer) or topn < 1:
-        raise ParameterError(f"topn must be a positive integer, got {topn!r}")
+    if isinstance(topn, bool) or not isinstance(topn, int | np.integer) or topn < 0:
+        raise ParameterError(f"topn must be a non-negative integer, got {topn!r}")
     if restrict_vocab is not None and (
         isinstance(restrict_vocab, bool) or not isinstance(restrict_vocab, int | np.integer) or restrict_vocab < 1
     ):
@@ -512,6 +514,8 @@ class Vectors:
         (no table, a word outside it, or a `topn` beyond it). Costs microseconds, so a server
         can answer it where it stands instead of queueing it for a search thread."""
         _check_limits(topn, restrict_vocab)
+        if topn == 0:
+            return []
         row = self.index(word)
         if not self.vectors[row].any():
             raise _no_direction([word])
@@ -628,6 +632,8 @@ class Vectors:
         _check_limits(topn, restrict_vocab)
         if method not in ("add", "mul"):
             raise ParameterError(f"method must be 'add' or 'mul', got {method!r}")
+        if topn == 0:
+            return [[] for _ in raw_queries]  # as gensim: no neighbours asked, none given
         n = self._rows_searched(restrict_vocab)
         # One-word queries the neighbour table answers need neither the unit matrix nor a search.
         looked_up = [self._from_table(pos, neg, topn, n) if method == "add" else None for pos, neg in raw_queries]

@@ -829,12 +829,23 @@ def test_query_parameter_errors_are_422(client: TestClient, model_id: str) -> No
     for body, field in [
         ({"queries": []}, "queries"),
         ({"queries": ["king"], "topn": 0}, "topn"),
-        ({"queries": [{"negative": ["man"]}]}, "queries"),
+        ({"queries": [{}]}, "queries"),
+        ({"queries": [{"negative": ["man"]}], "method": "mul"}, "positive"),
         ({"queries": ["king"], "x": 1}, "x"),
     ]:
         r = client.post("/similar/batch", json=body)
         assert r.status_code == 422, body
         assert field in {str(part) for e in r.json()["detail"] for part in e["loc"]}, r.json()
+
+
+def test_a_query_of_negative_words_only_is_answered_as_gensim_answers_it(
+    client: TestClient, model_id: str, vectors: Vectors
+) -> None:
+    expected = hits(vectors.most_similar(negative=["man"], topn=5))
+    r = client.get("/similar", params={"negative": "man", "topn": 5})
+    assert r.status_code == 200 and r.json()["results"] == expected
+    r = client.post("/similar/batch", json={"queries": [{"negative": ["man"]}], "topn": 5})
+    assert r.status_code == 200 and r.json()["results"] == [expected]
 
 
 def test_unknown_and_repeated_query_parameters_are_422_not_ignored(client: TestClient, model_id: str) -> None:

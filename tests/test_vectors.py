@@ -279,14 +279,21 @@ def test_unknown_words_in_another_casing_are_suggested() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"topn": 0}, {"topn": -3}, {"topn": 2.5}, {"restrict_vocab": 0}, {"restrict_vocab": 10.5},
-     {"restrict_vocab": "10"}, {"positive": [], "negative": []}],
+    [{"topn": -3}, {"topn": 2.5}, {"restrict_vocab": 0}, {"restrict_vocab": 10.5},
+     {"restrict_vocab": "10"}, {"positive": [], "negative": []}, {"positive": 5}, {"positive": [5]}],
 )
 def test_invalid_arguments_raise_parameter_error(store, kwargs) -> None:
     ours, _, _ = store
     kwargs = {"positive": ["w1"], **kwargs}
     with pytest.raises(ParameterError):
         ours.most_similar(**kwargs)
+
+
+def test_topn_zero_answers_nothing_as_gensim_does(store) -> None:
+    ours, theirs, _ = store
+    assert ours.most_similar("w1", topn=0) == theirs.most_similar("w1", topn=0) == []
+    assert ours.most_similar_batch(["w1", "w2"], topn=0) == [[], []]
+    assert ours.precomputed_neighbours("w1", topn=0) == []
 
 
 def test_wrong_sized_query_vector_is_rejected(store) -> None:

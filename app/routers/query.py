@@ -99,12 +99,12 @@ async def similar(
     """Nearest words to `word` (plus any `positive`, minus any `negative` words), by cosine."""
     pos = ([word] if word is not None else []) + list(positive or [])
     neg = list(negative or [])
-    if not pos:
+    if not pos and not neg:
         raise RequestValidationError(
             [
                 {
                     "loc": ["query", "word"],
-                    "msg": "give 'word' or at least one 'positive' word",
+                    "msg": "give 'word', or at least one 'positive' or 'negative' word",
                     "type": "missing",
                 }
             ]
@@ -189,6 +189,19 @@ async def doesnt_match(
 @router.post("/similar/batch")
 async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: OwnerDep) -> SimilarBatchPublic:
     """Many neighbour queries in one request, answered with one matrix product."""
+    if body.method == "mul":
+        no_positive = [i for i, q in enumerate(body.queries) if isinstance(q, BatchQuery) and not q.positive]
+        if no_positive:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", "queries", i, "positive"],
+                        "msg": "3CosMul (method 'mul') needs at least one positive word",
+                        "type": "missing",
+                    }
+                    for i in no_positive
+                ]
+            )
     lm = await loaded_model(models, body.model, owner)
     queries = [
         (_folded(lm, q.positive), _folded(lm, q.negative)) if isinstance(q, BatchQuery) else (_folded(lm, [q]), [])
