@@ -146,7 +146,7 @@ def _as_terms(terms: Terms) -> list[Term]:
         return [terms]  # type: ignore[list-item]  # one (term, weight) pair
     if not isinstance(terms, Iterable):
         return [terms]  # a lone term of another type, which the caller refuses by name
-    return list(terms)
+    return list(terms)  # type: ignore[arg-type]
 
 
 def _split_query(query: Query) -> tuple[Terms, Terms]:
