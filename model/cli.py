@@ -238,19 +238,33 @@ def _read_evaluation_files(analogies: str | None, pairs: Sequence[str]) -> Evalu
 
     if not analogies and not pairs:
         return None
-    return (read_analogies(analogies) if analogies else None), [read_word_pairs(p) for p in pairs]
+    # A pair file's delimiter is its own: tab, comma or spaces.
+    return (read_analogies(analogies) if analogies else None), [read_word_pairs(p, delimiter=None) for p in pairs]
 
 
-def _evaluate(vectors: Vectors, files: EvaluationFiles) -> dict[str, Any]:
+def _evaluate(
+    vectors: Vectors,
+    files: EvaluationFiles,
+    *,
+    restrict_vocab: int = 300_000,
+    case_insensitive: bool = True,
+    method: str = "add",
+) -> dict[str, Any]:
     from model.evaluation import evaluate_analogies, evaluate_word_pairs
 
     analogies, pairs = files
     result: dict[str, Any] = {}
     if analogies is not None:
-        a = evaluate_analogies(vectors, analogies)
+        a = evaluate_analogies(
+            vectors,
+            analogies,
+            restrict_vocab=restrict_vocab,
+            case_insensitive=case_insensitive,
+            method=method,  # type: ignore[arg-type]
+        )
         result["analogies"] = {"file": Path(analogies.path).name, **a.to_dict()}
     for read in pairs:
-        scored = evaluate_word_pairs(vectors, read)
+        scored = evaluate_word_pairs(vectors, read, restrict_vocab=restrict_vocab, case_insensitive=case_insensitive)
         result.setdefault("pairs", []).append({"file": Path(read.path).name, **scored.to_dict()})
     return result
 
@@ -262,7 +276,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if files is None:
         raise CLIError("give --analogies FILE and/or --pairs FILE")
     model = load_model(args.model)
-    result = _evaluate(model.vectors, files)
+    result = _evaluate(
+        model.vectors,
+        files,
+        restrict_vocab=args.restrict_vocab,
+        case_insensitive=not args.case_sensitive,
+        method=args.method,
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -392,7 +412,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("eval", help="evaluate a model on analogy and word-pair files")
     p.add_argument("model")
     p.add_argument("--analogies")
-    p.add_argument("--pairs", action="append")
+    p.add_argument("--pairs", action="append", help="word-pair file (tab, comma or space separated); repeatable")
+    p.add_argument(
+        "--restrict-vocab", type=_positive_int, default=300_000, help="only the most frequent N words (300000)"
+    )
+    p.add_argument("--case-sensitive", action="store_true", help="do not fold case (gensim folds it)")
+    p.add_argument("--method", choices=["add", "mul"], default="add", help="analogies by 3CosAdd or 3CosMul")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

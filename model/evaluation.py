@@ -210,19 +210,25 @@ def evaluate_analogies(
     )
 
 
-def read_word_pairs(path: PathLike, *, delimiter: str = "\t") -> WordPairs:
+def read_word_pairs(path: PathLike, *, delimiter: str | None = "\t") -> WordPairs:
     """Read a "word1<delimiter>word2<delimiter>score" file (wordsim353.tsv, simlex999.txt);
     `#` lines are comments, and a first line whose score is not a number is a header
-    ("Word 1,Word 2,Human (mean)" in WordSim353's CSV); a malformed file is a ModelFormatError."""
+    ("Word 1,Word 2,Human (mean)" in WordSim353's CSV); a malformed file is a ModelFormatError.
+    `delimiter=None` takes the first data line's: a tab if it has one, else a comma, else runs
+    of spaces."""
     pairs: list[tuple[str, str, float]] = []
     first = True
     for line_no, line in _lines(path):
         if line.startswith("#") or not line.strip():
             continue
-        fields = line.rstrip("\r\n").split(delimiter)
+        if delimiter is None:
+            delimiter = next((d for d in ("\t", ",") if d in line), "")
+        # "": guessed as spaces, any number of them.
+        fields = line.rstrip("\r\n").split(delimiter) if delimiter else line.split()
         if len(fields) != 3:
             raise ModelFormatError(
-                f"{path}: line {line_no}: expected 3 fields separated by {delimiter!r}, found {len(fields)}"
+                f"{path}: line {line_no}: expected 3 fields separated by {delimiter or 'spaces'!r}, "
+                f"found {len(fields)}"
             )
         try:
             score = float(fields[2])
@@ -244,7 +250,7 @@ def evaluate_word_pairs(
     vectors: Vectors,
     path: PathLike | WordPairs,
     *,
-    delimiter: str = "\t",
+    delimiter: str | None = "\t",
     restrict_vocab: int = 300000,
     case_insensitive: bool = True,
 ) -> PairsResult:

@@ -427,3 +427,22 @@ def test_train_refuses_what_is_not_utf8_text_from_a_file_or_a_pipe(
     _pipe(monkeypatch, gzip.compress(data))
     assert message in _error(capsys, ["train", "-", "--out", str(tmp_path / "m"), "--quiet"])
     assert not (tmp_path / "m").exists()
+
+
+def test_eval_takes_the_librarys_options_and_reads_comma_separated_pairs(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model.evaluation import evaluate_analogies, evaluate_word_pairs
+
+    questions, wordsim = gensim_data("questions-words.txt"), gensim_data("wordsim353.tsv")
+    csv = tmp_path / "wordsim.csv"
+    csv.write_text("Word 1,Word 2,Human (mean)\n" + wordsim.read_text().replace("\t", ","))
+    argv = ["eval", str(trained), "--analogies", str(questions), "--pairs", str(csv), "--json"]
+    assert main([*argv, "--restrict-vocab", "500", "--case-sensitive", "--method", "mul"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    vectors = load_model(trained).vectors
+    expected = evaluate_analogies(vectors, questions, restrict_vocab=500, case_insensitive=False, method="mul")
+    assert result["analogies"]["correct"] == expected.correct and result["analogies"]["total"] == expected.total
+    pairs = evaluate_word_pairs(vectors, wordsim, restrict_vocab=500, case_insensitive=False)
+    assert result["pairs"][0]["spearman"] == pytest.approx(pairs.spearman)
+    assert result["pairs"][0]["pairs"] == pairs.pairs

@@ -260,15 +260,11 @@ def _evaluate(
                 method=method,
             ).to_dict()
         else:
-            delimiter = "\t"
-            head = _head(upload.path, 4096)
-            if b"\t" not in head:
-                delimiter = "," if b"," in head else " "
             try:
                 result = evaluate_word_pairs(
                     loaded.model.vectors,
                     upload.path,
-                    delimiter=delimiter,
+                    delimiter=None,  # the file's own: tab, comma or spaces
                     restrict_vocab=restrict_vocab,
                     case_insensitive=case_insensitive,
                 ).to_dict()
