@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.batching import limit_blas_threads
@@ -66,6 +67,38 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_blas()
         sys.setswitchinterval(switch_interval)
         await run_in_threadpool(services.close)
+
+
+class CrossOrigin:
+    """CORS for the origins in `W2V_CORS_ORIGINS`, read from the settings the app starts with
+    (`app = create_app()` learns them only at start-up); without any, requests pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._cors: ASGIApp | None = None
+        self._configured = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._configured:
+            services: Services | None = getattr(scope["app"].state, "services", None)
+            if services is None:
+                await self.app(scope, receive, send)
+                return
+            origins = services.settings.cors_origins
+            if origins:
+                self._cors = CORSMiddleware(
+                    self.app,
+                    allow_origins=origins,
+                    allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                    allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+                    expose_headers=["Location", "Retry-After"],
+                    max_age=600,
+                )
+            self._configured = True
+        await (self._cors or self.app)(scope, receive, send)
 
 
 class HeadAsGet:
@@ -130,6 +163,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SimilarFromTable)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
+    # Outside the size limit and the routes, so that their refusals carry the CORS headers too
+    # (a browser hides an answer without them), and preflights need no API key.
+    app.add_middleware(CrossOrigin)
     # Added last, so outermost: it also counts and times what the inner middleware answers (413s).
     app.state.metrics = AppMetrics(lambda: getattr(app.state, "services", None))
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)

@@ -67,7 +67,13 @@ class Settings(WorkerSettings):
         "Only applies when API keys are configured.",
     )
 
-    @field_validator("api_keys", mode="before")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (comma-separated, e.g. https://app.example.com; * for any) whose pages may "
+        "call the API from the browser. Unset: only pages the API serves itself.",
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -647,3 +647,26 @@ def test_a_query_of_a_word_with_no_direction_is_422(client: TestClient) -> None:
         assert r.status_code == 422, r.text
         assert "no direction" in only_error(r)["msg"]
     assert client.get("/similar", params={"word": "a", "model": model_id}).status_code == 200
+
+
+def test_cross_origin_pages_are_answered_only_for_the_configured_origins(settings: Settings) -> None:
+    origin = {"Origin": "https://app.example.com"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+    with TestClient(create_app(settings)) as closed:
+        assert "access-control-allow-origin" not in closed.get("/healthz", headers=origin).headers
+        assert closed.options("/similar/batch", headers=preflight).status_code == 405
+    opened = settings.model_copy(update={"cors_origins": ["https://app.example.com"], "api_keys": ["k" * 32]})
+    with TestClient(create_app(opened)) as c:
+        r = c.options("/similar/batch", headers=preflight)  # no key needed to ask
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+        r = c.get("/models", headers=origin)  # a refusal carries the headers too, or the page cannot read it
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        r = c.get("/models", headers={**origin, "X-API-Key": "k" * 32})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = c.get("/models", headers={"Origin": "https://evil.example", "X-API-Key": "k" * 32})
+        assert "access-control-allow-origin" not in other.headers
+    assert Settings(cors_origins="https://a.example, https://b.example").cors_origins == [  # type: ignore[arg-type]
+        "https://a.example",
+        "https://b.example",
+    ]
