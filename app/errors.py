@@ -185,8 +185,12 @@ def install_error_handlers(app: FastAPI) -> None:
             # several routes (GET and POST /corpora) supports the union of their methods.
             methods = _allowed_methods(request.app, request.url.path)
             if methods:
+                allowed = ", ".join(sorted(methods))
+                detail = f"{request.method} is not allowed on {request.url.path}; it takes {allowed}"
+                if request.url.path == "/similar" and request.method == "POST":
+                    detail += " (queries in a body go to POST /similar/batch)"
                 exc = StarletteHTTPException(
-                    exc.status_code, exc.detail, headers={**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+                    exc.status_code, detail, headers={**(exc.headers or {}), "Allow": allowed}
                 )
         return await http_exception_handler(request, exc)
 

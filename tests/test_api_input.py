@@ -528,6 +528,9 @@ def test_head_answers_wherever_get_does(client: TestClient, layout: StoreLayout,
     assert client.head("/train").status_code == 405
     r = client.delete("/models")
     assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json()["detail"] == "DELETE is not allowed on /models; it takes GET, HEAD"
+    r = client.post("/similar", json={"word": "king"})
+    assert r.status_code == 405 and "POST /similar/batch" in r.json()["detail"]
     assert client.post("/models").headers["allow"] == "GET, HEAD"
     # Counted as HEAD requests of the route that answered them.
     metrics = client.get("/metrics").text
