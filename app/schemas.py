@@ -234,7 +234,16 @@ class DoesntMatchPublic(BaseModel):
 
 
 class BatchQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The published schema says what the validator below checks: a word on at least one side.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["positive"], "properties": {"positive": {"minItems": 1}}},
+                {"required": ["negative"], "properties": {"negative": {"minItems": 1}}},
+            ]
+        },
+    )
 
     positive: list[Word] = Field(default_factory=list, max_length=100)
     negative: list[Word] = Field(
