@@ -260,7 +260,30 @@ class BatchQuery(BaseModel):
 
 
 class SimilarBatchCreate(JsonBody):
-    model_config = ConfigDict(extra="forbid")
+    # 3CosMul divides by the negative words' similarities: each of its queries needs a positive
+    # word, which the endpoint checks and the published schema says.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"method": {"const": "mul"}}, "required": ["method"]},
+            "then": {
+                "properties": {
+                    "queries": {
+                        "items": {
+                            "anyOf": [
+                                {"type": "string"},
+                                {
+                                    "type": "object",
+                                    "required": ["positive"],
+                                    "properties": {"positive": {"minItems": 1}},
+                                },
+                            ]
+                        }
+                    }
+                }
+            },
+        },
+    )
 
     model: Id | None = Field(None, description=f"Model id {ID_HINT}; omitted: the newest model.")
     queries: list[Word | BatchQuery] = Field(
