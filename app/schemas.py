@@ -292,11 +292,20 @@ class SimilarBatchCreate(JsonBody):
     topn: StrictInt = Field(10, ge=1, le=1000)
     restrict_vocab: StrictInt | None = Field(None, ge=1)
     method: Literal["add", "mul"] = "add"
+    skip_unknown: StrictBool = Field(
+        False,
+        description="A query with words outside the vocabulary gets no results (its words listed in "
+        "`unknown_words`) instead of failing the whole batch with a 404.",
+    )
 
 
 class SimilarBatchPublic(BaseModel):
     model_id: str
     results: list[list[SimilarHit]]
+    unknown_words: list[list[str]] | None = Field(
+        default=None,
+        description="With `skip_unknown`: per query, its words outside the vocabulary (those with none, [])."
+    )
 
 
 class EvaluationPublic(BaseModel):

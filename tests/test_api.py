@@ -848,6 +848,19 @@ def test_a_query_of_negative_words_only_is_answered_as_gensim_answers_it(
     assert r.status_code == 200 and r.json()["results"] == [expected]
 
 
+def test_a_batch_can_skip_the_queries_with_unknown_words(client: TestClient, model_id: str, vectors: Vectors) -> None:
+    queries = ["king", "zebra", {"positive": ["woman", "yak"], "negative": ["zebra"]}, {"positive": ["queen"]}]
+    r = client.post("/similar/batch", json={"queries": queries, "topn": 3, "skip_unknown": True})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["unknown_words"] == [[], ["zebra"], ["yak", "zebra"], []]
+    king, queen = hits(vectors.most_similar("king", topn=3)), hits(vectors.most_similar("queen", topn=3))
+    assert body["results"] == [king, [], [], queen]
+    r = client.post("/similar/batch", json={"queries": ["zebra"], "skip_unknown": True})
+    assert r.json()["results"] == [[]] and r.json()["unknown_words"] == [["zebra"]]
+    assert "unknown_words" not in client.post("/similar/batch", json={"queries": ["king"]}).json()
+
+
 def test_unknown_and_repeated_query_parameters_are_422_not_ignored(client: TestClient, model_id: str) -> None:
     r = client.get("/similar", params={"word": "king", "topk": 5})  # a typo of topn
     assert r.status_code == 422 and error_fields(r) == {"topk"}

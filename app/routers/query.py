@@ -186,7 +186,7 @@ async def doesnt_match(
     return DoesntMatchPublic(model_id=lm.model_id, word=words[folded.index(odd)])
 
 
-@router.post("/similar/batch")
+@router.post("/similar/batch", response_model_exclude_none=True)
 async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: OwnerDep) -> SimilarBatchPublic:
     """Many neighbour queries in one request, answered with one matrix product."""
     if body.method == "mul":
@@ -207,10 +207,23 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
         (_folded(lm, q.positive), _folded(lm, q.negative)) if isinstance(q, BatchQuery) else (_folded(lm, [q]), [])
         for q in body.queries
     ]
-    with _answering(lm):
-        _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
     vectors = lm.model.vectors
-    results = await run_in_threadpool(
-        vectors.most_similar_batch, queries, body.topn, body.restrict_vocab, method=body.method
+    if not body.skip_unknown:
+        with _answering(lm):
+            _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
+        results = await run_in_threadpool(
+            vectors.most_similar_batch, queries, body.topn, body.restrict_vocab, method=body.method
+        )
+        return SimilarBatchPublic(model_id=lm.model_id, results=[_hits(h) for h in results])
+    unknown = [list(dict.fromkeys(w for w in (*pos, *neg) if w not in vectors)) for pos, neg in queries]
+    known = [q for q, missing in zip(queries, unknown, strict=True) if not missing]
+    found = iter(
+        await run_in_threadpool(vectors.most_similar_batch, known, body.topn, body.restrict_vocab, method=body.method)
+        if known
+        else []
     )
-    return SimilarBatchPublic(model_id=lm.model_id, results=[_hits(h) for h in results])
+    return SimilarBatchPublic(
+        model_id=lm.model_id,
+        results=[[] if missing else _hits(next(found)) for missing in unknown],
+        unknown_words=unknown,
+    )
