@@ -332,13 +332,16 @@ def encode(
     """Tokenise and count `source` in one pass; `workers` > 1 splits a large file among processes."""
     if workers > 1 and isinstance(source, str | Path):
         path = Path(source)
-        with open_text(path):  # its checks, before worker processes start
-            pass
         kind, size = _file_kind(path)
         args = (lowercase, max_sentence_words, spill_after, workers)
-        if kind == "plain" and size >= PARALLEL_MIN_BYTES:
+        plain_parallel = kind == "plain" and size >= PARALLEL_MIN_BYTES
+        compressed_parallel = kind == "compressed" and size >= COMPRESSED_MIN_BYTES
+        if plain_parallel or compressed_parallel:
+            with open_text(path):  # its checks, before worker processes start
+                pass
+        if plain_parallel:
             return _encode_in_processes(path, size, *args, label=path)
-        if kind == "compressed" and size >= COMPRESSED_MIN_BYTES:
+        if compressed_parallel:
             with _decompressed(path) as plain:
                 if plain is not None:
                     return _encode_in_processes(plain[0], plain[1], *args, label=path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from model.errors import ModelFormatError
+from model.errors import ModelFormatError, ParameterError
 from model.formats import load_word2vec_format, save_word2vec_format
 from model.vectors import Vectors
 
@@ -322,4 +322,8 @@ def test_save_overwrites_and_accepts_str_paths(vecs, tmp_path) -> None:
 def test_loaded_vectors_answer_queries_like_the_original(vecs, tmp_path) -> None:
     path = tmp_path / "v.bin"
     save_word2vec_format(vecs, path, binary=True)
-    assert load_word2vec_format(path).most_similar("naïve") == vecs.most_similar("naïve")
+    loaded = load_word2vec_format(path)
+    assert loaded.most_similar("日本語") == vecs.most_similar("日本語")
+    assert loaded.most_similar("the", negative="C++") == vecs.most_similar("the", negative="C++")
+    with pytest.raises(ParameterError, match="all zeros"):  # the fixture's zero row, as it was
+        loaded.most_similar("naïve")

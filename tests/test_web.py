@@ -267,7 +267,7 @@ def test_upload_train_and_query_in_a_browser(service: tuple[str, Path], chromium
         page.fill("#similar-word", "qqzzxq")
         page.click("#similar-form button")
         page.wait_for_selector("#query-message.error")
-        assert "not in vocabulary" in page.inner_text("#query-message")
+        assert "not in the vocabulary of model" in page.inner_text("#query-message")
 
         # ---- nearest words, and their PCA projection
         page.fill("#similar-topn", "10")
