@@ -6,6 +6,8 @@ Google analogies, WordSim-353 and SimLex-999. Prints a table and, last, one JSON
 
     python bench/train_vs_gensim.py [--corpus FILE] [--repeat-to WORDS] [--epochs 5] [--seeds 1 2 3]
                                     [--threads 2] [--tools ours ours-gensim-alpha gensim gensim-file]
+                                    [--vector-size 100] [--window 5] [--negative 5] [--min-count 5]
+                                    [--sample 1e-3]
 """
 
 from __future__ import annotations
@@ -43,11 +45,11 @@ def _evaluate(words: list[str], vectors: Any) -> dict[str, float]:
     }
 
 
-def run_one(tool: str, corpus: str, seed: int, threads: int, epochs: int) -> dict[str, Any]:
+def run_one(tool: str, corpus: str, seed: int, threads: int, settings: dict[str, Any]) -> dict[str, Any]:
     """Runs inside the child process: train, measure, evaluate."""
     import numpy as np
 
-    settings = dict(SETTINGS, epochs=epochs)
+    epochs = settings["epochs"]
     if tool in ("ours", "ours-gensim-alpha"):
         from model import TrainConfig, train
 
@@ -85,10 +87,10 @@ def run_one(tool: str, corpus: str, seed: int, threads: int, epochs: int) -> dic
     }
 
 
-def _child(tool: str, corpus: Path, seed: int, threads: int, epochs: int) -> dict[str, Any]:
+def _child(tool: str, corpus: Path, seed: int, threads: int, settings: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", tool, "--corpus", str(corpus), "--seeds", str(seed),
-         "--threads", str(threads), "--epochs", str(epochs)],
+         "--threads", str(threads), "--settings", json.dumps(settings)],
         capture_output=True, text=True, check=False, cwd=ROOT,
     )
     if proc.returncode != 0:
@@ -106,16 +108,27 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
+    # The same settings for both tools; the defaults are both tools' own.
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    parser.add_argument("--vector-size", type=int, default=SETTINGS["vector_size"])
+    parser.add_argument("--window", type=int, default=SETTINGS["window"])
+    parser.add_argument("--negative", type=int, default=SETTINGS["negative"])
+    parser.add_argument("--min-count", type=int, default=SETTINGS["min_count"])
+    parser.add_argument("--sample", type=float, default=SETTINGS["sample"])
     parser.add_argument(
         "--tools", nargs="+", default=["ours", "gensim", "gensim-file"],
         choices=["ours", "ours-gensim-alpha", "gensim", "gensim-file"],
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, str(args.corpus), args.seeds[0], args.threads, args.epochs)))
+        print(json.dumps(run_one(args.child, str(args.corpus), args.seeds[0], args.threads, json.loads(args.settings))))
         return
+    settings = dict(
+        vector_size=args.vector_size, window=args.window, negative=args.negative, min_count=args.min_count,
+        sample=args.sample, epochs=args.epochs,
+    )
 
     from bench.corpora import wiki_sample
 
@@ -125,15 +138,14 @@ def main() -> None:
 
         corpus = repeated(corpus, args.repeat_to)
     # Warm the compiled-kernel cache once so no timed run pays for compilation.
-    _child("ours", corpus, args.seeds[0], args.threads, 1)
-    runs = [_child(tool, corpus, seed, args.threads, args.epochs) for seed in args.seeds for tool in args.tools]
+    _child("ours", corpus, args.seeds[0], args.threads, dict(settings, epochs=1))
+    runs = [_child(tool, corpus, seed, args.threads, settings) for seed in args.seeds for tool in args.tools]
 
     metrics = ["words_per_sec", "train_words_per_sec", "seconds", "peak_rss_mb", "analogy", "ws353", "simlex"]
     summary = {
         tool: {m: statistics.mean(r[m] for r in runs if r["tool"] == tool) for m in metrics}
         for tool in args.tools
     }
-    settings = dict(SETTINGS, epochs=args.epochs)
     print(f"corpus {corpus.name}: {runs[0]['raw_words']:,} words; settings {settings}; "
           f"threads {args.threads}; seeds {args.seeds}")
     print(f"{'tool':<18}{'words/s':>12}{'train w/s':>12}{'seconds':>9}{'peak MB':>9}{'analogy %':>11}"

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeAlias, TypeGuard
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeGuard, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -492,19 +492,53 @@ class Vectors:
 
     # ------------------------------------------------------------------ nearest neighbours
 
+    @overload
     def most_similar(
         self,
         positive: Terms = None,
         negative: Terms = (),
         topn: int = 10,
         restrict_vocab: int | None = None,
-    ) -> list[tuple[str, float]]:
+    ) -> list[tuple[str, float]]: ...
+
+    @overload
+    def most_similar(
+        self, positive: Terms = None, negative: Terms = (), *, topn: None, restrict_vocab: int | None = None
+    ) -> FloatArray: ...
+
+    def most_similar(
+        self,
+        positive: Terms = None,
+        negative: Terms = (),
+        topn: int | None = 10,
+        restrict_vocab: int | None = None,
+    ) -> list[tuple[str, float]] | FloatArray:
         """Words closest to the normalised mean of the unit query vectors (3CosAdd).
 
         Negative terms enter the mean with weight -1. Raw vectors are added unnormalised, and
-        the query's own words are never returned — both exactly as gensim.
+        the query's own words are never returned — both exactly as gensim. `topn=None`
+        returns, as gensim does, the cosine of every word (of the first `restrict_vocab`) to
+        that mean, in vocabulary order, the query's own words included.
         """
+        if topn is None:
+            return self._all_scores(positive, negative, restrict_vocab)
         return self._search([(positive, negative)], topn, restrict_vocab, "add")[0]
+
+    def _all_scores(self, positive: Terms, negative: Terms, restrict_vocab: int | None) -> FloatArray:
+        _check_limits(0, restrict_vocab)
+        unknown: list[str] = []
+        unit = self.unit_vectors
+        query = self._parse(positive, negative, unit, unknown)
+        if unknown:
+            raise UnknownWordError(unknown, self.key_to_index)
+        if query.zero_words:
+            raise _no_direction(query.zero_words)
+        if not query.positive and not query.negative:
+            raise ParameterError("a query needs at least one word or vector")
+        mean = self._mean_directions([query])[0]
+        if not mean.any():
+            raise ParameterError("the query's terms cancel out: their mean has no direction to compare words with")
+        return np.asarray(unit[: self._rows_searched(restrict_vocab)] @ mean)
 
     def precomputed_neighbours(
         self, word: str, topn: int = 10, restrict_vocab: int | None = None

@@ -587,3 +587,17 @@ def test_a_word_with_no_direction_is_a_clear_error_not_a_made_up_ranking() -> No
         v.precomputed_neighbours("w3")
     with pytest.raises(ParameterError, match="'w3' is all zeros"):
         v.most_similar("w3")
+
+
+def test_topn_none_gives_every_words_score_as_gensim_does(store) -> None:
+    ours, theirs, _ = store
+    for positive, negative, restrict in ((["w1"], [], None), (["w1", "w2"], ["w3"], None), (["w1"], [], 50)):
+        mine = ours.most_similar(positive, negative, topn=None, restrict_vocab=restrict)
+        gensim = theirs.most_similar(positive, negative, topn=None, restrict_vocab=restrict)
+        assert mine.shape == gensim.shape
+        np.testing.assert_allclose(mine, gensim, atol=1e-5)
+        # The same scores the ranked answer gives, for the words it gives.
+        ranked = ours.most_similar(positive, negative, topn=5, restrict_vocab=restrict)
+        np.testing.assert_allclose([mine[ours.get_index(w)] for w, _ in ranked], [s for _, s in ranked], atol=1e-6)
+    with pytest.raises(UnknownWordError):
+        ours.most_similar("nosuchword", topn=None)
