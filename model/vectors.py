@@ -189,6 +189,23 @@ class _Parsed:
     zero_words: list[str] = field(default_factory=list)  # words whose vector is all zeros
 
 
+def _check_parsed(query: _Parsed, method: Method) -> None:
+    if query.zero_words:
+        raise _no_direction(query.zero_words)
+    if query.weighted and method == "mul":
+        raise ParameterError("term weights apply to most_similar (3CosAdd) only, not to 3CosMul")
+    if not query.positive and (method == "mul" or not query.negative):
+        needed = "positive term" if method == "mul" else "word or vector"
+        raise ParameterError(f"a query needs at least one {needed}")
+
+
+def _cancelled_out() -> ParameterError:
+    return ParameterError(
+        "the query's terms cancel out (the same word positive and negative, say): their mean has no direction "
+        "to compare words with"
+    )
+
+
 def _no_direction(words: Sequence[str]) -> ParameterError:
     # gensim answers such queries with NaN scores; any ranking of them would be made up.
     return ParameterError(
@@ -526,19 +543,23 @@ class Vectors:
 
     def _all_scores(self, positive: Terms, negative: Terms, restrict_vocab: int | None) -> FloatArray:
         _check_limits(0, restrict_vocab)
+        mean = self.check_query(positive, negative)
+        return np.asarray(self.unit_vectors[: self._rows_searched(restrict_vocab)] @ mean)
+
+    def check_query(self, positive: Terms = None, negative: Terms = (), method: Method = "add") -> FloatArray:
+        """Raise what a search of this query would raise (UnknownWordError, ParameterError),
+        without searching; returns its mean direction. A server checks each query so before
+        batching it with others, whose search one bad query would otherwise fail."""
         unknown: list[str] = []
         unit = self.unit_vectors
         query = self._parse(positive, negative, unit, unknown)
         if unknown:
             raise UnknownWordError(unknown, self.key_to_index)
-        if query.zero_words:
-            raise _no_direction(query.zero_words)
-        if not query.positive and not query.negative:
-            raise ParameterError("a query needs at least one word or vector")
+        _check_parsed(query, method)
         mean = self._mean_directions([query])[0]
-        if not mean.any():
-            raise ParameterError("the query's terms cancel out: their mean has no direction to compare words with")
-        return np.asarray(unit[: self._rows_searched(restrict_vocab)] @ mean)
+        if method == "add" and not mean.any():
+            raise _cancelled_out()
+        return mean
 
     def precomputed_neighbours(
         self, word: str, topn: int = 10, restrict_vocab: int | None = None
@@ -688,16 +709,7 @@ class Vectors:
         if unknown:
             raise UnknownWordError(unknown, self.key_to_index)
         for query in parsed:
-            if query.zero_words:
-                raise _no_direction(query.zero_words)
-            if query.weighted and method == "mul":
-                raise ParameterError("term weights apply to most_similar (3CosAdd) only, not to 3CosMul")
-            if not query.positive and (method == "mul" or not query.negative):
-                raise ParameterError(
-                    "a query needs at least one positive term"
-                    if method == "mul"
-                    else "a query needs at least one word or vector"
-                )
+            _check_parsed(query, method)
         results: list[list[tuple[str, float]]] = []
         if n == 0:
             return [[] for _ in parsed]
@@ -707,10 +719,7 @@ class Vectors:
                 part = parsed[start : start + _ADD_QUERY_CHUNK]
                 means = self._mean_directions(part)
                 if not means.any(axis=1).all():
-                    raise ParameterError(
-                        "the query's terms cancel out (the same word positive and negative, say): their "
-                        "mean has no direction to compare words with"
-                    )
+                    raise _cancelled_out()
                 shortlists = self._add_shortlist(means, part, candidates, topn)
                 results.extend(self._rank(shortlists, self._add_exact(means, shortlists), part, topn))
             return results

@@ -986,3 +986,26 @@ def test_a_listing_read_within_a_tick_of_a_change_is_not_trusted(layout: StoreLa
     _age_models_folder(layout, 60)
     store.get(settled)
     assert store.cached(settled) is not None  # a settled listing is trusted: no disk checks
+
+
+def test_a_query_no_search_can_answer_is_refused_alone_naming_itself(client: TestClient, model_id: str) -> None:
+    r = client.get("/similar", params=[("word", "king"), ("negative", "king")])
+    assert r.status_code == 422 and "cancel out" in r.json()["detail"][0]["msg"]
+    r = client.post("/similar/batch", json={"queries": ["king", {"positive": ["man"], "negative": ["man"]}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "queries", 1]
+    # Refused before the batcher: the queries it batches are never searched one by one for it.
+    lm = client.app.state.services.models.get(model_id)  # type: ignore[attr-defined]
+    submitted: list[object] = []
+    submit = lm.batcher.submit
+    lm.batcher.submit = lambda *a, **k: submitted.append(a) or submit(*a, **k)  # type: ignore[method-assign]
+    assert client.get("/similar", params=[("word", "man"), ("negative", "man")]).status_code == 422
+    assert submitted == []
+
+
+def test_unknown_words_are_reported_as_the_caller_spelled_them(client: TestClient, layout: StoreLayout) -> None:
+    lowered = put_model(layout, make_vectors(), config={"lowercase": True})
+    r = client.get("/similar", params=[("positive", "King"), ("positive", "Zebra"), ("model", lowered)])
+    assert r.status_code == 404 and r.json()["unknown_words"] == ["Zebra"]
+    queries = ["Zebra", {"positive": ["Queen", "Yak"]}]
+    r = client.post("/similar/batch", json={"queries": queries, "skip_unknown": True, "model": lowered})
+    assert r.json()["unknown_words"] == [["Zebra"], ["Yak"]]

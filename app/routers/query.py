@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -35,7 +35,7 @@ from app.schemas import (
     Word,
     error_responses,
 )
-from model import UnknownWordError
+from model import ParameterError, UnknownWordError
 
 router = APIRouter(tags=["query"], responses=error_responses(400, 401, 404, 413, 422, 429))
 
@@ -52,26 +52,27 @@ async def loaded_model(store: ModelStore, model_id: str | None, owner: Owner) ->
     return await run_in_threadpool(store.get, model_id, owner)
 
 
-def _check_known(lm: LoadedModel, words: list[str]) -> None:
-    vectors = lm.model.vectors
-    unknown = [w for w in words if w not in vectors]
-    if unknown:
-        raise UnknownWordError(unknown, vectors.key_to_index)
-
-
 @contextlib.contextmanager
-def _answering(lm: LoadedModel) -> Iterator[None]:
-    """Unknown words are reported with the model that was asked: the newest one answers a
-    query without `model`, and a small job's model knows few words."""
+def _answering(lm: LoadedModel, asked: Sequence[str]) -> Iterator[None]:
+    """Unknown words are reported with the model that was asked (the newest one answers a
+    query without `model`, and a small job's model knows few words) and in the caller's
+    spelling of them (a model trained lower-cased is asked in lower case)."""
     try:
         yield
     except UnknownWordError as exc:
-        exc.model_id = lm.model_id
-        raise
+        error = UnknownWordError(_as_asked(lm, asked, exc.words), lm.model.vectors.key_to_index)
+        error.model_id = lm.model_id
+        raise error from None
 
 
 def _folded(lm: LoadedModel, words: list[str]) -> list[str]:
     return lm.model.query_words(words)
+
+
+def _as_asked(lm: LoadedModel, asked: Sequence[str], words: Sequence[str]) -> list[str]:
+    """`words` (as the vocabulary is asked) in the spelling the caller sent them in."""
+    spelled = dict(zip(_folded(lm, list(asked)), asked, strict=True))
+    return [spelled.get(w, w) for w in words]
 
 
 def _hits(hits: Hits) -> list[SimilarHit]:
@@ -110,9 +111,10 @@ async def similar(
             ]
         )
     lm = await loaded_model(models, model, owner)
-    pos, neg = _folded(lm, pos), _folded(lm, neg)
-    with _answering(lm):
-        _check_known(lm, pos + neg)
+    with _answering(lm, pos + neg):
+        pos, neg = _folded(lm, pos), _folded(lm, neg)
+        # Checked here, so that a query no search can answer fails alone, never the batch it joins.
+        lm.model.vectors.check_query(pos, neg)
     hits = None
     if len(pos) == 1 and not neg:
         hits = lm.model.vectors.precomputed_neighbours(pos[0], topn, restrict_vocab)
@@ -135,9 +137,9 @@ async def analogy(
 ) -> Response:
     """`a` is to `b` as `c` is to ...? (nearest to b - a + c)."""
     lm = await loaded_model(models, model, owner)
-    a, b, c = _folded(lm, [a, b, c])
-    with _answering(lm):
-        _check_known(lm, [a, b, c])
+    with _answering(lm, [a, b, c]):
+        a, b, c = _folded(lm, [a, b, c])
+        lm.model.vectors.check_query([b, c], [a], method)
     hits = await asyncio.wrap_future(
         lm.batcher.submit([b, c], [a], topn=topn, restrict_vocab=restrict_vocab, method=method)
     )
@@ -150,7 +152,7 @@ async def similarity(
 ) -> SimilarityPublic:
     """Cosine similarity of two words."""
     lm = await loaded_model(models, model, owner)
-    with _answering(lm):
+    with _answering(lm, [w1, w2]):
         score = lm.model.vectors.similarity(*_folded(lm, [w1, w2]))
     return SimilarityPublic(model_id=lm.model_id, w1=w1, w2=w2, score=score)
 
@@ -165,7 +167,7 @@ async def vector(
 ) -> VectorPublic:
     """The vector of one word."""
     lm = await loaded_model(models, model, owner)
-    with _answering(lm):
+    with _answering(lm, [word]):
         vec = lm.model.vectors.get_vector(_folded(lm, [word])[0], norm=norm)
     return VectorPublic(model_id=lm.model_id, word=word, vector=vec.tolist())
 
@@ -180,7 +182,7 @@ async def doesnt_match(
     """The word that fits least with the others (unknown words are ignored unless all are)."""
     lm = await loaded_model(models, model, owner)
     folded = _folded(lm, words)
-    with _answering(lm):
+    with _answering(lm, words):
         odd = lm.model.vectors.doesnt_match(folded)
     # Answered in the caller's spelling of the word.
     return DoesntMatchPublic(model_id=lm.model_id, word=words[folded.index(odd)])
@@ -203,19 +205,26 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
                 ]
             )
     lm = await loaded_model(models, body.model, owner)
-    queries = [
-        (_folded(lm, q.positive), _folded(lm, q.negative)) if isinstance(q, BatchQuery) else (_folded(lm, [q]), [])
-        for q in body.queries
-    ]
+    asked = [(q.positive, q.negative) if isinstance(q, BatchQuery) else ([q], []) for q in body.queries]
+    queries = [(_folded(lm, pos), _folded(lm, neg)) for pos, neg in asked]
     vectors = lm.model.vectors
-    if not body.skip_unknown:
-        with _answering(lm):
-            _check_known(lm, [w for pos, neg in queries for w in (*pos, *neg)])
-        results = await run_in_threadpool(
-            vectors.most_similar_batch, queries, body.topn, body.restrict_vocab, method=body.method
-        )
-        return SimilarBatchPublic(model_id=lm.model_id, results=[_hits(h) for h in results])
-    unknown = [list(dict.fromkeys(w for w in (*pos, *neg) if w not in vectors)) for pos, neg in queries]
+    # Each query checked on its own, so that an error names the query it is about.
+    unknown: list[list[str]] = []
+    refused = []
+    for i, ((pos, neg), words) in enumerate(zip(queries, asked, strict=True)):
+        missing = [w for w in dict.fromkeys((*pos, *neg)) if w not in vectors]
+        unknown.append(_as_asked(lm, [*words[0], *words[1]], missing))
+        if not missing:
+            try:
+                vectors.check_query(pos, neg, body.method)
+            except ParameterError as exc:
+                refused.append({"loc": ["body", "queries", i], "msg": str(exc), "type": "value_error"})
+    if any(unknown) and not body.skip_unknown:
+        error = UnknownWordError([w for words in unknown for w in words], vectors.key_to_index)
+        error.model_id = lm.model_id
+        raise error
+    if refused:
+        raise RequestValidationError(refused)
     known = [q for q, missing in zip(queries, unknown, strict=True) if not missing]
     found = iter(
         await run_in_threadpool(vectors.most_similar_batch, known, body.topn, body.restrict_vocab, method=body.method)
@@ -225,5 +234,5 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
     return SimilarBatchPublic(
         model_id=lm.model_id,
         results=[[] if missing else _hits(next(found)) for missing in unknown],
-        unknown_words=unknown,
+        unknown_words=unknown if body.skip_unknown else None,
     )
