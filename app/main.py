@@ -163,8 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SimilarFromTable)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, limit=_request_limit, exempt=_STREAMED_UPLOADS)
-    # Outside the size limit and the routes, so that their refusals carry the CORS headers too
-    # (a browser hides an answer without them), and preflights need no API key.
+    # Outside the size limit and the routes, so that their 4xx refusals carry the CORS headers
+    # too (a browser hides an answer without them), and preflights need no API key.
     app.add_middleware(CrossOrigin)
     # Added last, so outermost: it also counts and times what the inner middleware answers (413s).
     app.state.metrics = AppMetrics(lambda: getattr(app.state, "services", None))

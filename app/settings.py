@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -79,6 +80,16 @@ class Settings(WorkerSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        # A browser sends its origin as scheme://host[:port]; "https://app.example.com/" would
+        # never match it, silently.
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"CORS origin {origin!r} must be scheme://host[:port] (no path), or *")
+        return origins
 
     @model_validator(mode="after")
     def _read_keys_file(self) -> Settings:

@@ -345,7 +345,7 @@ def _export_format(out: Path) -> str:
     suffixes = [s.lower() for s in out.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz"):
         suffixes.pop()
-    return "word2vec-text" if suffixes and suffixes[-1] in (".txt", ".vec", ".text") else "word2vec-binary"
+    return "word2vec-text" if suffixes and suffixes[-1] in (".txt", ".vec") else "word2vec-binary"
 
 
 def cmd_import(args: argparse.Namespace) -> int:

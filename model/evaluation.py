@@ -214,15 +214,19 @@ def read_word_pairs(path: PathLike, *, delimiter: str | None = "\t") -> WordPair
     """Read a "word1<delimiter>word2<delimiter>score" file (wordsim353.tsv, simlex999.txt);
     `#` lines are comments, and a first line whose score is not a number is a header
     ("Word 1,Word 2,Human (mean)" in WordSim353's CSV); a malformed file is a ModelFormatError.
-    `delimiter=None` takes the first data line's: a tab if it has one, else a comma, else runs
-    of spaces."""
+    `delimiter=None` takes the first pair line's (past a header): a tab, a comma or runs of
+    spaces, whichever splits it into two words and a number."""
     pairs: list[tuple[str, str, float]] = []
     first = True
     for line_no, line in _lines(path):
         if line.startswith("#") or not line.strip():
             continue
         if delimiter is None:
-            delimiter = next((d for d in ("\t", ",") if d in line), "")
+            found = _pair_delimiter(line)
+            if found is None and first:
+                first = False
+                continue  # a header: its score is not a number however it is split
+            delimiter = "\t" if found is None else found  # the error below then names a tab
         # "": guessed as spaces, any number of them.
         fields = line.rstrip("\r\n").split(delimiter) if delimiter else line.split()
         if len(fields) != 3:
@@ -244,6 +248,23 @@ def read_word_pairs(path: PathLike, *, delimiter: str | None = "\t") -> WordPair
     if not pairs:
         raise ModelFormatError(f"{path}: no word pairs found")
     return WordPairs(str(path), pairs)
+
+
+def _pair_delimiter(line: str) -> str | None:
+    """The delimiter ("" for runs of spaces) that splits `line` into two words and a number."""
+    for delimiter in ("\t", ",", ""):
+        fields = line.rstrip("\r\n").split(delimiter) if delimiter else line.split()
+        if len(fields) == 3 and _is_number(fields[2]):
+            return delimiter
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def evaluate_word_pairs(

@@ -23,7 +23,7 @@ import numpy as np
 
 from model.atomic import atomic_file
 from model.corpus import compression_of, open_bytes
-from model.errors import ModelFormatError
+from model.errors import ModelFormatError, ParameterError
 from model.vectors import Vectors
 
 __all__ = ["load_word2vec_format", "save_word2vec_format"]
@@ -160,8 +160,9 @@ def load_word2vec_format(
     character; a word that decoding makes equal to an earlier one is dropped, the earlier
     (more frequent) one kept.
     """
-    if limit is not None and limit < 0:
-        raise ModelFormatError(f"limit must be a non-negative number of vectors, got {limit}")
+    if limit is not None and limit < 1:
+        # gensim reads limit=0 as no limit; here that is limit=None, and 0 a mistake.
+        raise ParameterError(f"limit must be a positive number of vectors, or None for all, got {limit}")
     if unicode_errors not in ("strict", "replace", "ignore"):
         raise ModelFormatError(f"unicode_errors must be 'strict', 'replace' or 'ignore', got {unicode_errors!r}")
     options = _Options(limit, unicode_errors)
@@ -228,12 +229,12 @@ def _read(stream: IO[bytes], path: Path, binary: bool | None, size: int | None, 
         first += stream.readline()  # an unusually long text line was cut by the bound above
     try:
         if binary:
-            words, kept = _read_binary(first, stream, out, len(header), options, declared)
+            words, dropped = _read_binary(first, stream, out, len(header), options, declared)
         else:
-            words, kept = _read_text(first, stream, out, options, declared)
+            words, dropped = _read_text(first, stream, out, options, declared)
     except _RecordError as exc:
         raise ModelFormatError(f"{path}: {exc}{detection_note}") from None
-    return _checked_vectors(path, words, out if kept is None else out[kept])
+    return _checked_vectors(path, words, np.delete(out, dropped, axis=0) if dropped else out)
 
 
 def _checked_vectors(path: Path, words: list[str], out: np.ndarray) -> Vectors:
@@ -359,11 +360,11 @@ def _is_float(token: bytes) -> bool:
 
 def _read_text(
     first: bytes, stream: IO[bytes], out: np.ndarray, options: _Options, declared: int
-) -> tuple[list[str], list[int] | None]:
-    """The words, and the rows of `out` they fill when lossy decoding dropped some (else None)."""
+) -> tuple[list[str], list[int]]:
+    """The words, and the rows of `out` whose records lossy decoding dropped (left unfilled)."""
     n, d = out.shape
     words: list[str] = []
-    kept: list[int] = []
+    dropped: list[int] = []
     seen: dict[str, int] = {}
     lines: Iterator[bytes] = itertools.chain([first] if first else [], stream)
     line_no = 1
@@ -379,26 +380,27 @@ def _read_text(
                 f"(pass limit={n} to read only the first {n}, as gensim does)"
             )
         parsed = _parse_new_record(line, d, line_no, seen, options)
-        if parsed is not None:
+        if parsed is None:
+            dropped.append(records)
+        else:
             out[records] = parsed[1]
             words.append(parsed[0])
-            kept.append(records)
         records += 1
     if records < n:
         raise _RecordError(
             f"file ends at line {line_no} after {records} of the {declared} records declared in the header (truncated?)"
         )
-    return words, None if len(words) == n else kept
+    return words, dropped
 
 
 def _read_binary(
     first: bytes, stream: IO[bytes], out: np.ndarray, header_len: int, options: _Options, declared: int
-) -> tuple[list[str], list[int] | None]:
+) -> tuple[list[str], list[int]]:
     """As `_read_text`, for the binary format."""
     n, d = out.shape
     record = 4 * d
     words: list[str] = []
-    kept: list[int] = []
+    dropped: list[int] = []
     seen: dict[str, int] = {}
     buf = first
     base = header_len  # file offset of buf[0], for error messages
@@ -429,16 +431,16 @@ def _read_binary(
         word = _decode_word(buf[pos:space], where, options)
         if word in seen and not _lossy_repeat(word, options):
             raise _RecordError(f"{where}: duplicate word {word!r} (first in record {seen[word]})")
-        if word not in seen:
+        if word in seen:
+            dropped.append(records)
+        else:
             seen[word] = records + 1
             out[records] = np.frombuffer(buf, dtype="<f4", count=d, offset=space + 1)
             words.append(word)
-            kept.append(records)
         records += 1
         pos = space + 1 + record
-    kept_rows = None if len(words) == n else kept
     if options.limit is not None:
-        return words, kept_rows  # `limit` reached: the rest of the file is not read
+        return words, dropped  # `limit` reached: the rest of the file is not read
     trailing_at = base + pos
     rest = buf[pos:]
     while True:
@@ -450,4 +452,4 @@ def _read_binary(
         trailing_at += len(rest)
         rest = stream.read(_READ_CHUNK)
         if not rest:
-            return words, kept_rows
+            return words, dropped

@@ -626,6 +626,9 @@ def test_evaluate_analogies_and_pairs(client: TestClient, model_id: str, vectors
         r = client.post(f"/models/{model_id}/evaluate", content=variant)
         assert r.status_code == 200, r.text
         assert r.json()["kind"] == "word_pairs" and r.json()["result"]["pairs"] == 4
+    # Four tab-separated words are a question, which needs its section line first.
+    r = client.post(f"/models/{model_id}/evaluate", content=b"man\tking\twoman\tqueen\n")
+    assert r.status_code == 422 and "': section' line" in r.json()["detail"][0]["msg"]
 
     detail = client.get(f"/models/{model_id}").json()
     assert [e["kind"] for e in detail["evaluations"]] == ["analogies", "word_pairs", "word_pairs", "word_pairs"]

@@ -370,7 +370,12 @@ def test_a_multipart_body_cut_off_before_its_end_is_refused(
 def test_startup_removes_partial_uploads_and_exports_a_killed_api_left(settings: Settings) -> None:
     layout = StoreLayout.at(settings.store)
     layout.ensure()
-    stale = [layout.tmp / "upload-a.part", layout.tmp / "inline-b.part", layout.tmp / "export-d.bin"]
+    stale = [
+        layout.tmp / "upload-a.part",
+        layout.tmp / "inline-b.part",
+        layout.tmp / "export-d.bin",
+        layout.tmp / ".export-e.txt.x1y2.tmp",  # killed while writing it
+    ]
     live, other = layout.tmp / "upload-c.part", layout.tmp / "deleted-model"
     for path in (*stale, live):
         path.write_bytes(b"half a corpus")
@@ -379,7 +384,7 @@ def test_startup_removes_partial_uploads_and_exports_a_killed_api_left(settings:
         os.utime(path, (0, time.time() - 7200))  # untouched for two hours
     with TestClient(create_app(settings)) as started:
         assert started.get("/healthz").status_code == 200
-    assert [p.exists() for p in stale] == [False, False, False]
+    assert [p.exists() for p in stale] == [False, False, False, False]
     assert live.exists() and other.exists()  # an upload in progress elsewhere; not an upload
 
 
@@ -669,7 +674,9 @@ def test_cross_origin_pages_are_answered_only_for_the_configured_origins(setting
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
         other = c.get("/models", headers={"Origin": "https://evil.example", "X-API-Key": "k" * 32})
         assert "access-control-allow-origin" not in other.headers
-    assert Settings(cors_origins="https://a.example, https://b.example").cors_origins == [  # type: ignore[arg-type]
+    assert Settings(cors_origins="https://a.example, http://b.example:8080").cors_origins == [  # type: ignore[arg-type]
         "https://a.example",
-        "https://b.example",
+        "http://b.example:8080",
     ]
+    with pytest.raises(ValueError, match="scheme://host"):  # a browser's origin never ends in a slash
+        Settings(cors_origins="https://app.example.com/")  # type: ignore[arg-type]

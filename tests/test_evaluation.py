@@ -305,3 +305,17 @@ def test_a_question_with_an_all_zero_vector_counts_as_answered_wrongly(tmp_path)
     without = evaluate_analogies(vecs, path)
     assert (with_zero.total, with_zero.skipped) == (3, 0)
     assert with_zero.correct == without.correct
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word1 word2 score\nnew york\tcity\t5\nlove\tsex\t6.5\n",  # a header split otherwise than the pairs
+        "Word 1,Word 2,Human (mean)\nnew york,city,5\nlove,sex,6.5\n",
+        "new york\tcity\t5\nlove\tsex\t6.5\n",
+    ],
+)
+def test_the_pair_delimiter_is_read_from_the_pairs_not_the_header(tmp_path, text) -> None:
+    path = tmp_path / "pairs.txt"
+    path.write_text(text, encoding="utf-8")
+    assert read_word_pairs(path, delimiter=None).pairs == [("new york", "city", 5.0), ("love", "sex", 6.5)]

@@ -84,7 +84,9 @@ class StoreLayout:
         readable. Returns how many went."""
         cutoff = time.time() - older_than_s
         removed = 0
-        for path in (*self.tmp.glob("*.part"), *self.tmp.glob("export-*")):
+        # An export is written as a hidden temp file (model.atomic) and renamed when complete.
+        exports = (*self.tmp.glob("export-*"), *self.tmp.glob(".export-*.tmp"))
+        for path in (*self.tmp.glob("*.part"), *exports):
             with contextlib.suppress(OSError):  # gone meanwhile: finished or removed by another replica
                 if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
                     path.unlink()

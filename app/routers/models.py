@@ -222,8 +222,9 @@ def _sniff_kind(path: Path) -> Literal["analogies", "word_pairs"]:
             continue
         if line.startswith(":"):
             return "analogies"
-        if "\t" in line or "," in line:
-            return "word_pairs"
+        for delimiter in ("\t", ","):
+            if delimiter in line:
+                return "analogies" if len(line.split(delimiter)) == 4 else "word_pairs"
         return "analogies" if len(line.split()) == 4 else "word_pairs"
     raise ModelFormatError("the evaluation file is empty (or its first 64 KiB hold only comments)")
 
