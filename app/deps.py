@@ -90,6 +90,10 @@ async def get_owner(request: Request, _: Annotated[None, Depends(require_api_key
 OwnerDep = Annotated[Owner, Depends(get_owner)]
 
 
+# "_=<timestamp>", which browser libraries (jQuery's cache: false) add to defeat caches.
+_CACHE_BUSTER = "_"
+
+
 async def check_query_params(request: Request) -> None:
     """Refuse query parameters the operation does not take ("topk=5" for topn) and a repeated
     one that takes a single value ("word=a&word=b"), which would otherwise be silently ignored
@@ -113,7 +117,7 @@ async def check_query_params(request: Request) -> None:
             "type": "extra_forbidden",
         }
         for key in counts
-        if key not in names
+        if key not in names and key != _CACHE_BUSTER
     ] + [
         {
             "loc": ["query", key],
