@@ -111,13 +111,16 @@ async def similar(
             ]
         )
     lm = await loaded_model(models, model, owner)
+    vectors = lm.model.vectors
+    hits = None
     with _answering(lm, pos + neg):
         pos, neg = _folded(lm, pos), _folded(lm, neg)
-        # Checked here, so that a query no search can answer fails alone, never the batch it joins.
-        lm.model.vectors.check_query(pos, neg)
-    hits = None
-    if len(pos) == 1 and not neg:
-        hits = lm.model.vectors.precomputed_neighbours(pos[0], topn, restrict_vocab)
+        # Checked here, so that a query no search can answer fails alone, never the batch it
+        # joins. One word is checked by the table lookup (known, with a direction), in microseconds.
+        if len(pos) == 1 and not neg:
+            hits = vectors.precomputed_neighbours(pos[0], topn, restrict_vocab)
+        else:
+            vectors.check_query(pos, neg)
     if hits is None:
         hits = await asyncio.wrap_future(lm.batcher.submit(pos, neg, topn=topn, restrict_vocab=restrict_vocab))
     return _results_json(lm.model_id, hits)
