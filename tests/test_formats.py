@@ -131,6 +131,12 @@ def binary_record(word: bytes, values: list[float]) -> bytes:
     return word + b" " + struct.pack(f"<{len(values)}f", *values) + b"\n"
 
 
+def write_records(path, declared: int, records: list[tuple[bytes, list[float]]], binary: bool) -> None:
+    """A word2vec file of 2-dimensional `records` whose header declares `declared` words."""
+    body = [binary_record(w, v) if binary else w + b" %g %g\n" % tuple(v) for w, v in records]
+    path.write_bytes(b"%d 2\n" % declared + b"".join(body))
+
+
 MALFORMED = [
     pytest.param(b"", None, "line 1", id="empty-file"),
     pytest.param(b"hello world\nx 1 2\n", None, "line 1", id="non-numeric-header"),
@@ -209,11 +215,7 @@ def test_limit_zero_is_a_mistake_not_everything_or_nothing(vecs, tmp_path) -> No
 @pytest.mark.parametrize("binary", [False, True])
 def test_more_records_than_the_header_says_is_refused_and_limit_reads_them(tmp_path, binary) -> None:
     path = tmp_path / "v.w2v"
-    records = [(b"a", [1.0, 2.0]), (b"b", [3.0, 4.0]), (b"c", [5.0, 6.0])]
-    if binary:
-        path.write_bytes(b"2 2\n" + b"".join(binary_record(w, v) for w, v in records))
-    else:
-        path.write_bytes(b"2 2\n" + b"".join(w + b" %g %g\n" % tuple(v) for w, v in records))
+    write_records(path, 2, [(b"a", [1.0, 2.0]), (b"b", [3.0, 4.0]), (b"c", [5.0, 6.0])], binary)
     with pytest.raises(ModelFormatError, match="limit=2"):
         load_word2vec_format(path, binary=binary)
     loaded = load_word2vec_format(path, binary=binary, limit=2)
@@ -227,10 +229,7 @@ def test_words_cut_inside_a_character_read_as_gensim_reads_them(tmp_path, errors
     cut = "ありがとう".encode()
     records = [(cut + b"\xe3\x83", [1.0, 2.0]), (cut + b"\xe3", [3.0, 4.0]), (b"ok", [5.0, 6.0])]
     for binary in (False, True):
-        if binary:
-            path.write_bytes(b"3 2\n" + b"".join(binary_record(w, v) for w, v in records))
-        else:
-            path.write_bytes(b"3 2\n" + b"".join(w + b" %g %g\n" % tuple(v) for w, v in records))
+        write_records(path, 3, records, binary)
         with pytest.raises(ModelFormatError, match="unicode_errors='replace' or 'ignore'"):
             load_word2vec_format(path, binary=binary)
         loaded = load_word2vec_format(path, binary=binary, unicode_errors=errors)
