@@ -84,7 +84,7 @@ def count_text(path: Path, compression: str, max_text_bytes: int | None = None) 
     decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     # Words are what the trainer's str.split() finds, so whitespace is Unicode's (U+3000,
     # U+00A0, the ASCII separators \x1c-\x1f), not only the bytes bytes.isspace() knows.
-    words = codecs.getincrementaldecoder("utf-8")("replace")
+    words = codecs.getincrementaldecoder("utf-8-sig")("replace")  # a byte order mark is no word
     try:
         with open_decompressed(path) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

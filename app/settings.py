@@ -84,12 +84,15 @@ class Settings(WorkerSettings):
     @field_validator("cors_origins")
     @classmethod
     def _check_origins(cls, origins: list[str]) -> list[str]:
-        # A browser sends its origin as scheme://host[:port]; "https://app.example.com/" would
-        # never match it, silently.
+        # A browser sends its origin as a lower-case scheme://host[:port], which is compared as
+        # text: "HTTPS://App.Example.com/" would never match it, silently.
+        written = []
         for origin in origins:
-            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            normal = origin.lower().removesuffix("/")
+            if normal != "*" and not re.fullmatch(r"https?://[^/\s]+", normal):
                 raise ValueError(f"CORS origin {origin!r} must be scheme://host[:port] (no path), or *")
-        return origins
+            written.append(normal)
+        return written
 
     @model_validator(mode="after")
     def _read_keys_file(self) -> Settings:

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import anyio
@@ -28,10 +28,26 @@ from app.schemas import Name
 from worker.storage import new_id
 
 MAX_FORM_FIELD_BYTES = 64 * 1024
-_HOW_TO_SEND = (
-    "send the file's bytes as the body (Content-Type: application/octet-stream or text/plain) or as "
-    "the 'file' field of a multipart form (curl -F file=@corpus.txt)"
-)
+# What each upload is, for the advice its refusals give: (an example file name, extra advice
+# when a request is not a file, extra advice when a form holds two files).
+_KINDS = {
+    "corpus": (
+        "corpus.txt",
+        ' Text for training can also come inline: POST /train with {"text": "..."}',
+        " (join text files first, e.g. cat a.txt b.txt > corpus.txt)",
+    ),
+    "vectors": ("vectors.bin", "", ""),
+    "evaluation": ("questions-words.txt", "", ""),
+}
+UploadKind = Literal["corpus", "vectors", "evaluation"]
+
+
+def _how_to_send(kind: UploadKind) -> str:
+    return (
+        "send the file's bytes as the body (Content-Type: application/octet-stream or text/plain) or as "
+        f"the 'file' field of a multipart form (curl -F file=@{_KINDS[kind][0]})"
+    )
+
 _WHITESPACE = re.compile(rb"\s")
 
 
@@ -93,7 +109,9 @@ def _unprocessable(message: str) -> HTTPException:
     )
 
 
-async def receive_upload(request: Request, tmp_dir: Path, max_bytes: int, *, field_name: str = "file") -> Upload:
+async def receive_upload(
+    request: Request, tmp_dir: Path, max_bytes: int, *, kind: UploadKind, field_name: str = "file"
+) -> Upload:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise too_large(max_bytes)
@@ -103,22 +121,20 @@ async def receive_upload(request: Request, tmp_dir: Path, max_bytes: int, *, fie
     if mime == b"application/json":
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            detail=f"this endpoint takes a file, not JSON: {_HOW_TO_SEND}. Text for training can also come "
-            'inline: POST /train with {"text": "..."}',
+            detail=f"this endpoint takes a file, not JSON: {_how_to_send(kind)}.{_KINDS[kind][1]}",
         )
     try:
         if mime == b"multipart/form-data":
             boundary = params.get(b"boundary")
             if not boundary:
                 raise _unprocessable("multipart body without a boundary")
-            upload = await _receive_multipart(request, path, max_bytes, boundary, field_name)
+            upload = await _receive_multipart(request, path, max_bytes, boundary, field_name, _KINDS[kind][2])
         else:
             upload = await _receive_raw(request, path, max_bytes)
             if mime == b"application/x-www-form-urlencoded" and _is_form_fields(path):
                 raise _unprocessable(
-                    "the body is an HTML form's fields (name=value&...), not a file: "
-                    f"{_HOW_TO_SEND}. Text for training can also come inline: POST /train with "
-                    '{"text": "..."}'
+                    f"the body is an HTML form's fields (name=value&...), not a file: {_how_to_send(kind)}."
+                    f"{_KINDS[kind][1]}"
                 )
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -160,9 +176,10 @@ async def _receive_raw(request: Request, path: Path, max_bytes: int) -> Upload:
 class _PartCollector:
     """Callbacks for python-multipart that route the file field to disk and keep small fields."""
 
-    def __init__(self, field_name: str, max_bytes: int) -> None:
+    def __init__(self, field_name: str, max_bytes: int, join_hint: str) -> None:
         self.field_name = field_name
         self.max_bytes = max_bytes
+        self.join_hint = join_hint  # advice for a form that holds two files
         self.pending: list[bytes] = []  # file bytes parsed but not yet written
         self.file_size = 0
         self.filename: str | None = None
@@ -194,8 +211,7 @@ class _PartCollector:
         self._name = name.decode("utf-8", "replace") if name is not None else None
         if self._name == self.field_name and self.found_file:
             raise _unprocessable(
-                f"the form has more than one {self.field_name!r} field: send one file per request "
-                "(join text files first, e.g. cat a.txt b.txt > corpus.txt)"
+                f"the form has more than one {self.field_name!r} field: send one file per request{self.join_hint}"
             )
         if self._name == self.field_name:
             self._in_file = True
@@ -219,8 +235,10 @@ class _PartCollector:
             self.fields[self._name] = self._value.decode("utf-8", "replace")
 
 
-async def _receive_multipart(request: Request, path: Path, max_bytes: int, boundary: bytes, field_name: str) -> Upload:
-    parts = _PartCollector(field_name, max_bytes)
+async def _receive_multipart(
+    request: Request, path: Path, max_bytes: int, boundary: bytes, field_name: str, join_hint: str
+) -> Upload:
+    parts = _PartCollector(field_name, max_bytes, join_hint)
     parser = MultipartParser(
         boundary,
         {

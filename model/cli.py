@@ -167,7 +167,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     t = model.meta["training"]
     print(
         f"saved {out}: {len(model.vectors)} words x {cfg.vector_size} dims, "
-        f"{t['words_per_sec']:.0f} words/s, final loss {t['final_loss']:.4f}, "
+        # The whole run's rate, reading the corpus and loading the kernels included: below the
+        # progress bar's, which counts training alone.
+        f"{t['words_per_sec']:.0f} words/s overall, final loss {t['final_loss']:.4f}, "
         f"{time.perf_counter() - start:.1f}s"
     )
     if "evaluation" in model.meta:

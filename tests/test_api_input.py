@@ -211,7 +211,8 @@ def test_an_upload_sent_as_json_or_form_fields_is_refused_not_stored_as_the_file
     r = client.post("/corpora", data={"text": "hello world", "name": "x"})  # what requests' data= sends
     assert r.status_code == 422 and "an HTML form's fields" in only_error(r)["msg"]
     assert "curl -F file=@corpus.txt" in only_error(r)["msg"]
-    assert client.post("/models/import", json={"a": [1, 2]}).status_code == 415
+    r = client.post("/models/import", json={"a": [1, 2]})
+    assert r.status_code == 415 and "curl -F file=@vectors.bin" in r.json()["detail"] and "/train" not in r.text
     assert_nothing_stored(client, layout)
     # curl --data-binary labels a file as form fields unless told otherwise: a file it stays.
     form = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -223,6 +224,9 @@ def test_a_form_with_two_files_is_refused_not_cut_to_the_first(client: TestClien
     files = [("file", ("a.txt", b"one two\n")), ("file", ("b.txt", b"three four\n"))]
     r = client.post("/corpora", files=files)
     assert r.status_code == 422 and "more than one 'file' field" in only_error(r)["msg"]
+    assert "cat a.txt b.txt" in only_error(r)["msg"]
+    r = client.post("/models/import", files=files)  # two vectors files do not join by cat
+    assert r.status_code == 422 and "cat " not in only_error(r)["msg"]
     assert_nothing_stored(client, layout)
 
 
@@ -564,7 +568,12 @@ def test_timestamps_always_carry_milliseconds(client: TestClient) -> None:
 
 def test_a_corpus_of_whitespace_only_is_422_not_a_job_that_fails(client: TestClient, layout: StoreLayout) -> None:
     # Whitespace as the trainer's str.split() knows it: Unicode's too, not only ASCII's.
-    for blank in (b" \n\t\r\n   \n" * 1000, "\u3000\u00a0\n\x1c\x1f\u2028 \x0b\n".encode() * 100):
+    blanks = (
+        b" \n\t\r\n   \n" * 1000,
+        "\ufeff\n  \n".encode(),  # a byte order mark is no word either
+        "\u3000\u00a0\n\x1c\x1f\u2028 \x0b\n".encode() * 100,
+    )
+    for blank in blanks:
         for r in (
             client.post("/corpora", content=blank, headers={"Content-Type": "text/plain"}),
             client.post("/corpora", content=gzip.compress(blank), headers={"Content-Type": "text/plain"}),
@@ -613,7 +622,7 @@ def test_a_client_that_disconnects_mid_upload_is_an_answer_not_a_server_error(tm
     scope = {"type": "http", "method": "POST", "path": "/corpora", "headers": [(b"content-type", content_type)]}
 
     async def upload() -> None:
-        await receive_upload(Request(scope, receive), tmp_path, 1 << 20)
+        await receive_upload(Request(scope, receive), tmp_path, 1 << 20, kind="corpus")
 
     with pytest.raises(HTTPException) as raised:
         anyio.run(upload)
@@ -678,5 +687,7 @@ def test_cross_origin_pages_are_answered_only_for_the_configured_origins(setting
         "https://a.example",
         "http://b.example:8080",
     ]
-    with pytest.raises(ValueError, match="scheme://host"):  # a browser's origin never ends in a slash
-        Settings(cors_origins="https://app.example.com/")  # type: ignore[arg-type]
+    # Written as a browser sends it: lower case, no trailing slash.
+    assert Settings(cors_origins="HTTPS://App.Example.com/").cors_origins == ["https://app.example.com"]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scheme://host"):
+        Settings(cors_origins="https://app.example.com/page")  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ async def upload_corpus(
     name: Annotated[Name | None, Query(description="A label for the corpus.")] = None,
 ) -> CorpusPublic:
     """Upload a corpus; it is checked (decompresses, UTF-8 text, not empty) and its lines counted."""
-    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
+    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes, kind="corpus")
     label = upload_label(name, upload)
     meta = await run_in_threadpool(
         services.corpora.ingest, upload.path, filename=upload.filename, name=label, owner=owner

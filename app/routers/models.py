@@ -201,7 +201,7 @@ async def import_model(
 ) -> ModelSummary:
     """Add a model from a word2vec text or binary file, or GloVe's text without a header line
     (optionally gzip/bz2/xz compressed)."""
-    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
+    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes, kind="vectors")
     binary = {"auto": None, "word2vec-text": False, "word2vec-binary": True}[format]
     label = upload_label(name, upload)
     meta = await run_in_threadpool(_import, services, upload, binary, label, owner, limit, unicode_errors)
@@ -300,7 +300,9 @@ async def evaluate_model(
 ) -> EvaluationPublic:
     """Score the model on an uploaded analogy or word-pair file; the result is kept with the model."""
     services.models.check(model_id, owner)
-    upload = await receive_upload(request, services.layout.tmp, services.settings.max_upload_bytes)
+    upload = await receive_upload(
+        request, services.layout.tmp, services.settings.max_upload_bytes, kind="evaluation"
+    )
     result = await run_in_threadpool(
         _evaluate, services, model_id, upload, kind, restrict_vocab, case_insensitive, method, owner
     )
