@@ -15,14 +15,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from model import cli as model_cli
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
 
 log = logging.getLogger("w2v")
 
@@ -43,8 +46,8 @@ def _settings(cls: type[S], **flags: Any) -> S:
 class WorkerSupervisor:
     """Keeps one worker process alive beside the API; restarts it with a growing delay if it exits."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.argv, self.env = argv, env
+    def __init__(self, argv: list[str], env: dict[str, str], on_exit: Callable[[int], None] | None = None) -> None:
+        self.argv, self.env, self.on_exit = argv, env, on_exit
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
@@ -66,6 +69,11 @@ class WorkerSupervisor:
             code = proc.wait()
             if self._stopping.is_set():
                 return
+            if self.on_exit is not None:
+                try:
+                    self.on_exit(proc.pid)
+                except Exception:
+                    log.warning("cleaning up after worker %d failed", proc.pid, exc_info=True)
             # A worker that ran a while had a transient problem; one that dies at once gets backed off.
             delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
             log.warning("worker exited with code %s; restarting in %.0f s", code, delay)
@@ -117,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             argv = [sys.executable, "-m", "app.cli", "worker", "--store", str(settings.store)]
             if settings.broker_url:
                 argv += ["--broker", settings.broker_url]
-            supervisor = WorkerSupervisor(argv, env)
+            supervisor = WorkerSupervisor(argv, env, on_exit=_freeing_jobs_of(settings))
             supervisor.start()
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     except _StopServing:
@@ -132,6 +140,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for number in received[:1]:
         signal.raise_signal(number)  # exit as the signal asked, as uvicorn would have
     return 0
+
+
+def _freeing_jobs_of(settings: WorkerSettings) -> Callable[[int], None]:
+    """What serve does when its worker dies: release the leases it held (see
+    worker.runner.release_leases_of_process), so the restarted worker resumes its job at once."""
+    from worker.jobs import open_job_store
+    from worker.runner import release_leases_of_process
+    from worker.storage import StoreLayout
+
+    def free(pid: int) -> None:
+        jobs = open_job_store(settings, StoreLayout.at(settings.store))
+        try:
+            for job_id in release_leases_of_process(jobs, pid):
+                log.warning("job %s: its worker (pid %d) died; it resumes from its last checkpoint", job_id, pid)
+        finally:
+            jobs.close()
+
+    return free
 
 
 class _StopServing(BaseException):

@@ -317,6 +317,37 @@ def test_w2v_serve_embedded_default(processes: Processes, tmp_path: Path, corpus
     assert all(_gone(pid) for pid in workers)
 
 
+def test_w2v_serve_resumes_the_job_of_a_worker_it_saw_die_without_waiting_out_its_lease(
+    processes: Processes, tmp_path: Path, corpus_gz: bytes
+) -> None:
+    store = tmp_path / "store"
+    port = free_port()
+    # The default lease lifetime (60 s) is longer than this test waits for the job to come back.
+    serve = processes.start(
+        "serve", [sys.executable, "-m", "app.cli", "serve", "--store", str(store), "--port", str(port)], clean_env()
+    )
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        wait_ready(client, [serve])
+        job_id, _ = submit(client, corpus_gz, epochs=40)
+
+        def training() -> bool:
+            job = client.get(f"/jobs/{job_id}").json()
+            assert job["state"] in ("queued", "running"), job
+            return bool(job["state"] == "running" and job["progress"]["epoch"] >= 2)
+
+        wait_until(training, 120, "the job to reach epoch 2")
+        [worker] = children(serve.pid)
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+
+        def resumed() -> bool:
+            job = client.get(f"/jobs/{job_id}").json()
+            return bool(job["state"] == "running" and job["attempts"] == 2 and not job["stalled"])
+
+        wait_until(resumed, 40, "the restarted worker to resume the job")
+        assert time.monotonic() - killed < 40  # well inside the dead worker's lease lifetime
+
+
 _SIGTERM_WHILE_STARTING = """
 import os, signal, sys, time
 import uvicorn

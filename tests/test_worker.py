@@ -138,6 +138,19 @@ def test_a_progress_write_can_require_that_its_writer_holds_the_lease(jobs: JobS
     assert not jobs.update(new_id(), lease_owner="w1", progress={"epoch": 1})
 
 
+def test_a_dead_worker_processs_leases_are_released_and_no_other(jobs: JobStore) -> None:
+    import socket
+
+    host = socket.gethostname()
+    dead, alive = record(state="running", worker=f"{host}:4242:aaaa"), record(state="running", worker=f"{host}:42:bbbb")
+    elsewhere = record(state="running", worker="other-host:4242:cccc")  # the same pid on another machine
+    for rec in (dead, alive, elsewhere):
+        jobs.create(rec)
+        assert jobs.acquire_lease(rec.job_id, rec.worker or "", 60)
+    assert runner.release_leases_of_process(jobs, 4242) == [dead.job_id]
+    assert [jobs.lease_holder(r.job_id) for r in (dead, alive, elsewhere)] == [None, alive.worker, elsewhere.worker]
+
+
 def test_lease_is_exclusive_renewable_and_expires(jobs: JobStore) -> None:
     rec = record()
     jobs.create(rec)

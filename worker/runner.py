@@ -67,7 +67,24 @@ class JobContext:
 
 
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{_process_prefix(socket.gethostname(), os.getpid())}{uuid.uuid4().hex[:8]}"
+
+
+def _process_prefix(host: str, pid: int) -> str:
+    return f"{host}:{pid}:"
+
+
+def release_leases_of_process(jobs: JobStore, pid: int) -> list[str]:
+    """Give up the leases a worker process of this host held when it died, so that its running
+    jobs show as stalled and the next sweep re-queues them at once, not a lease lifetime later.
+    For a supervisor that saw the process exit (`w2v serve`); returns the jobs freed."""
+    prefix = _process_prefix(socket.gethostname(), pid)
+    freed = []
+    for rec in jobs.list(state="running", limit=10_000):
+        if rec.worker is not None and rec.worker.startswith(prefix):
+            jobs.release_lease(rec.job_id, rec.worker)
+            freed.append(rec.job_id)
+    return freed
 
 
 def initial_progress(epochs: int) -> dict[str, Any]:
