@@ -291,12 +291,16 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def start_serve(processes: Processes, store: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`w2v serve` with its embedded defaults (and its own worker), on a free port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "app.cli", "serve", "--store", str(store), "--port", str(port)]
+    return processes.start("serve", argv, clean_env()), port
+
+
 def test_w2v_serve_embedded_default(processes: Processes, tmp_path: Path, corpus_gz: bytes) -> None:
     store = tmp_path / "store"
-    port = free_port()
-    serve = processes.start(
-        "serve", [sys.executable, "-m", "app.cli", "serve", "--store", str(store), "--port", str(port)], clean_env()
-    )
+    serve, port = start_serve(processes, store)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [serve])
         assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok"}
@@ -320,12 +324,8 @@ def test_w2v_serve_embedded_default(processes: Processes, tmp_path: Path, corpus
 def test_w2v_serve_resumes_the_job_of_a_worker_it_saw_die_without_waiting_out_its_lease(
     processes: Processes, tmp_path: Path, corpus_gz: bytes
 ) -> None:
-    store = tmp_path / "store"
-    port = free_port()
     # The default lease lifetime (60 s) is longer than this test waits for the job to come back.
-    serve = processes.start(
-        "serve", [sys.executable, "-m", "app.cli", "serve", "--store", str(store), "--port", str(port)], clean_env()
-    )
+    serve, port = start_serve(processes, tmp_path / "store")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [serve])
         job_id, _ = submit(client, corpus_gz, epochs=40)
