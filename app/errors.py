@@ -141,11 +141,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unknown_word(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, UnknownWordError)
         extra: dict[str, Any] = {"suggestions": exc.suggestions} if exc.suggestions else {}
-        message = str(exc)
         if exc.model_id is not None:
             extra["model_id"] = exc.model_id
-            message = message.replace("not in vocabulary:", f"not in the vocabulary of model {exc.model_id}:", 1)
-        return _detail(status.HTTP_404_NOT_FOUND, message, unknown_words=exc.words, **extra)
+        return _detail(status.HTTP_404_NOT_FOUND, str(exc), unknown_words=exc.words, **extra)
 
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return _detail(status.HTTP_404_NOT_FOUND, str(exc))

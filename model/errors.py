@@ -44,9 +44,9 @@ class UnknownWordError(W2VError, KeyError):
     miss is "Paris" asked of a model trained lower-cased.
     """
 
-    def __init__(self, words: Iterable[str], known: Container[str] | None = None):
+    def __init__(self, words: Iterable[str], known: Container[str] | None = None, model_id: str | None = None):
         self.words = list(dict.fromkeys(words))
-        self.model_id: str | None = None  # which model was asked, where a caller knows it
+        self.model_id = model_id  # which model was asked, where a caller knows it
         self.suggestions: dict[str, str] = {}
         if known is not None:
             for word in self.words:
@@ -57,7 +57,8 @@ class UnknownWordError(W2VError, KeyError):
                 )
                 if other is not None:
                     self.suggestions[word] = other
-        message = f"not in vocabulary: {', '.join(repr(w) for w in self.words)}"
+        vocabulary = "vocabulary" if model_id is None else f"the vocabulary of model {model_id}"
+        message = f"not in {vocabulary}: {', '.join(repr(w) for w in self.words)}"
         if self.suggestions:
             message += f" (did you mean {', '.join(repr(v) for v in self.suggestions.values())}?)"
         super().__init__(message)

@@ -60,9 +60,7 @@ def _answering(lm: LoadedModel, asked: Sequence[str]) -> Iterator[None]:
     try:
         yield
     except UnknownWordError as exc:
-        error = UnknownWordError(_as_asked(lm, asked, exc.words), lm.model.vectors.key_to_index)
-        error.model_id = lm.model_id
-        raise error from None
+        raise UnknownWordError(_as_asked(lm, asked, exc.words), lm.model.vectors.key_to_index, lm.model_id) from None
 
 
 def _folded(lm: LoadedModel, words: list[str]) -> list[str]:
@@ -223,9 +221,7 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
             except ParameterError as exc:
                 refused.append({"loc": ["body", "queries", i], "msg": str(exc), "type": "value_error"})
     if any(unknown) and not body.skip_unknown:
-        error = UnknownWordError([w for words in unknown for w in words], vectors.key_to_index)
-        error.model_id = lm.model_id
-        raise error
+        raise UnknownWordError([w for words in unknown for w in words], vectors.key_to_index, lm.model_id)
     if refused:
         raise RequestValidationError(refused)
     known = [q for q, missing in zip(queries, unknown, strict=True) if not missing]
