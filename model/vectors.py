@@ -550,12 +550,7 @@ class Vectors:
         """Raise what a search of this query would raise (UnknownWordError, ParameterError),
         without searching; returns its mean direction. A server checks each query so before
         batching it with others, whose search one bad query would otherwise fail."""
-        unknown: list[str] = []
-        unit = self.unit_vectors
-        query = self._parse(positive, negative, unit, unknown)
-        if unknown:
-            raise UnknownWordError(unknown, self.key_to_index)
-        _check_parsed(query, method)
+        [query] = self._checked([(positive, negative)], method)
         mean = self._mean_directions([query])[0]
         if method == "add" and not mean.any():
             raise _cancelled_out()
@@ -665,6 +660,18 @@ class Vectors:
                     side[-1] = np.float64(signed) * side[-1]  # type: ignore[assignment]
         return _Parsed(sides[0], sides[1], excluded, weighted, zero_words)
 
+    def _checked(self, raw_queries: Sequence[tuple[Terms, Terms]], method: Method) -> list[_Parsed]:
+        """The queries resolved, or what a search of them must raise: every unknown word of
+        them all in one UnknownWordError, else the first query's ParameterError."""
+        unknown: list[str] = []
+        unit = self.unit_vectors
+        parsed = [self._parse(pos, neg, unit, unknown) for pos, neg in raw_queries]
+        if unknown:
+            raise UnknownWordError(unknown, self.key_to_index)
+        for query in parsed:
+            _check_parsed(query, method)
+        return parsed
+
     def _mean_directions(self, queries: list[_Parsed]) -> FloatArray:
         """gensim's `get_mean_vector(..., pre_normalize=True, post_normalize=True)` per query:
         accumulate in float32 in term order, then unit-normalise. (gensim also divides by the
@@ -703,13 +710,8 @@ class Vectors:
     def _search_all(
         self, raw_queries: Sequence[tuple[Terms, Terms]], topn: int, n: int, method: Method
     ) -> list[list[tuple[str, float]]]:
-        unknown: list[str] = []
+        parsed = self._checked(raw_queries, method)
         unit = self.unit_vectors
-        parsed = [self._parse(pos, neg, unit, unknown) for pos, neg in raw_queries]
-        if unknown:
-            raise UnknownWordError(unknown, self.key_to_index)
-        for query in parsed:
-            _check_parsed(query, method)
         results: list[list[tuple[str, float]]] = []
         if n == 0:
             return [[] for _ in parsed]

@@ -63,13 +63,9 @@ def _answering(lm: LoadedModel, asked: Sequence[str]) -> Iterator[None]:
         raise UnknownWordError(_as_asked(lm, asked, exc.words), lm.model.vectors.key_to_index, lm.model_id) from None
 
 
-def _folded(lm: LoadedModel, words: list[str]) -> list[str]:
-    return lm.model.query_words(words)
-
-
 def _as_asked(lm: LoadedModel, asked: Sequence[str], words: Sequence[str]) -> list[str]:
     """`words` (as the vocabulary is asked) in the spelling the caller sent them in."""
-    spelled = dict(zip(_folded(lm, list(asked)), asked, strict=True))
+    spelled = dict(zip(lm.model.query_words(list(asked)), asked, strict=True))
     return [spelled.get(w, w) for w in words]
 
 
@@ -112,7 +108,7 @@ async def similar(
     vectors = lm.model.vectors
     hits = None
     with _answering(lm, pos + neg):
-        pos, neg = _folded(lm, pos), _folded(lm, neg)
+        pos, neg = lm.model.query_words(pos), lm.model.query_words(neg)
         # Checked here, so that a query no search can answer fails alone, never the batch it
         # joins. One word is checked by the table lookup (known, with a direction), in microseconds.
         if len(pos) == 1 and not neg:
@@ -139,7 +135,7 @@ async def analogy(
     """`a` is to `b` as `c` is to ...? (nearest to b - a + c)."""
     lm = await loaded_model(models, model, owner)
     with _answering(lm, [a, b, c]):
-        a, b, c = _folded(lm, [a, b, c])
+        a, b, c = lm.model.query_words([a, b, c])
         lm.model.vectors.check_query([b, c], [a], method)
     hits = await asyncio.wrap_future(
         lm.batcher.submit([b, c], [a], topn=topn, restrict_vocab=restrict_vocab, method=method)
@@ -154,7 +150,7 @@ async def similarity(
     """Cosine similarity of two words."""
     lm = await loaded_model(models, model, owner)
     with _answering(lm, [w1, w2]):
-        score = lm.model.vectors.similarity(*_folded(lm, [w1, w2]))
+        score = lm.model.vectors.similarity(*lm.model.query_words([w1, w2]))
     return SimilarityPublic(model_id=lm.model_id, w1=w1, w2=w2, score=score)
 
 
@@ -169,7 +165,7 @@ async def vector(
     """The vector of one word."""
     lm = await loaded_model(models, model, owner)
     with _answering(lm, [word]):
-        vec = lm.model.vectors.get_vector(_folded(lm, [word])[0], norm=norm)
+        vec = lm.model.vectors.get_vector(lm.model.query_words([word])[0], norm=norm)
     return VectorPublic(model_id=lm.model_id, word=word, vector=vec.tolist())
 
 
@@ -182,7 +178,7 @@ async def doesnt_match(
 ) -> DoesntMatchPublic:
     """The word that fits least with the others (unknown words are ignored unless all are)."""
     lm = await loaded_model(models, model, owner)
-    folded = _folded(lm, words)
+    folded = lm.model.query_words(words)
     with _answering(lm, words):
         odd = lm.model.vectors.doesnt_match(folded)
     # Answered in the caller's spelling of the word.
@@ -207,7 +203,7 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
             )
     lm = await loaded_model(models, body.model, owner)
     asked = [(q.positive, q.negative) if isinstance(q, BatchQuery) else ([q], []) for q in body.queries]
-    queries = [(_folded(lm, pos), _folded(lm, neg)) for pos, neg in asked]
+    queries = [(lm.model.query_words(pos), lm.model.query_words(neg)) for pos, neg in asked]
     vectors = lm.model.vectors
     # Each query checked on its own, so that an error names the query it is about.
     unknown: list[list[str]] = []
