@@ -37,9 +37,11 @@ from tests.test_service_e2e import (
     Processes,
     clean_env,
     free_port,
+    job,
     start_api,
     start_worker,
     submit,
+    wait_for_epoch,
     wait_ready,
     wait_until,
 )
@@ -48,23 +50,6 @@ from worker.storage import StoreLayout, is_id
 pytestmark = pytest.mark.slow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    r = client.get(f"/jobs/{job_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def wait_for_epoch(client: httpx.Client, job_id: str, epoch: int, timeout: float = 120) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        j = job(client, job_id)
-        assert j["state"] in ("queued", "running"), j
-        return j if j["state"] == "running" and j["progress"]["epoch"] >= epoch else None
-
-    result: dict[str, Any] = wait_until(reached, timeout, f"job {job_id} to reach epoch {epoch}")
-    return result
 
 
 def wait_finished(client: httpx.Client, job_id: str, timeout: float = 240) -> dict[str, Any]:

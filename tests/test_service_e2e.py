@@ -119,6 +119,23 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    r = client.get(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def wait_for_epoch(client: httpx.Client, job_id: str, epoch: int, timeout: float = 120) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        j = job(client, job_id)
+        assert j["state"] in ("queued", "running"), j
+        return j if j["state"] == "running" and j["progress"]["epoch"] >= epoch else None
+
+    result: dict[str, Any] = wait_until(reached, timeout, f"job {job_id} to reach epoch {epoch}")
+    return result
+
+
 def wait_ready(client: httpx.Client, procs: list[subprocess.Popen[bytes]]) -> None:
     def ready() -> bool:
         for p in procs:
@@ -244,13 +261,7 @@ def test_killed_worker_job_resumes_from_checkpoint(
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [api, first])
         job_id, _ = submit(client, corpus_gz, epochs=40)
-
-        def deep_in() -> bool:
-            job = client.get(f"/jobs/{job_id}").json()
-            assert job["state"] in ("queued", "running"), job
-            return bool(job["state"] == "running" and job["progress"]["epoch"] >= 4)
-
-        wait_until(deep_in, 120, "the job to reach epoch 4")
+        wait_for_epoch(client, job_id, 4)
         Processes.kill(first)  # kill -9, mid-epoch, no chance to clean up
         first.wait(timeout=10)
         assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
@@ -329,13 +340,7 @@ def test_w2v_serve_resumes_the_job_of_a_worker_it_saw_die_without_waiting_out_it
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_ready(client, [serve])
         job_id, _ = submit(client, corpus_gz, epochs=40)
-
-        def training() -> bool:
-            job = client.get(f"/jobs/{job_id}").json()
-            assert job["state"] in ("queued", "running"), job
-            return bool(job["state"] == "running" and job["progress"]["epoch"] >= 2)
-
-        wait_until(training, 120, "the job to reach epoch 2")
+        wait_for_epoch(client, job_id, 2)
         [worker] = children(serve.pid)
         os.kill(worker, signal.SIGKILL)
         killed = time.monotonic()
