@@ -189,12 +189,18 @@ def float32_route(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vnni_search, "available", lambda: False)
 
 
-@pytest.mark.parametrize("route", ["float32", "vnni"])
-def test_build_reports_progress_and_stops_when_asked(monkeypatch, route) -> None:
-    if route == "float32":
+@pytest.fixture(params=["float32", "vnni"])
+def each_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test once per route that builds tables (the VNNI one where the CPU has it)."""
+    if request.param == "float32":
         float32_route(monkeypatch)
     elif not vnni_search.available():
         pytest.skip("needs a CPU with AVX-512 VNNI")
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("each_route")
+def test_build_reports_progress_and_stops_when_asked(monkeypatch) -> None:
     monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 100)
     vectors = _vectors(n=500, dim=8)
     seen: list[tuple[int, int]] = []
@@ -315,12 +321,8 @@ def test_a_crowded_model_takes_the_float32_route_and_stays_exact(monkeypatch) ->
     assert batch == [searched.most_similar(w, topn=K) for w in vectors.words[:64]]
 
 
-@pytest.mark.parametrize("route", ["float32", "vnni"])
-def test_a_time_budget_keeps_the_most_frequent_words_done(monkeypatch, route) -> None:
-    if route == "float32":
-        float32_route(monkeypatch)
-    elif not vnni_search.available():
-        pytest.skip("needs a CPU with AVX-512 VNNI")
+@pytest.mark.usefixtures("each_route")
+def test_a_time_budget_keeps_the_most_frequent_words_done(monkeypatch) -> None:
     monkeypatch.setattr("model.neighbours._BUILD_CHUNK", 100)
     base = _vectors()
     vectors = Vectors(base.words, np.roll(base.vectors, 700, axis=0), base.counts)
