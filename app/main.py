@@ -172,6 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(web.router)
+    # Before /static, which would otherwise take these paths.
+    app.mount(docs.ASSETS_URL, docs.assets(), name="docs-assets")
     app.mount("/static", web.static_files(), name="static")
     protected = [Depends(require_api_key), Depends(check_query_params)]
     # Routes are matched in order; the query routes, by far the most requested, come first.

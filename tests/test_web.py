@@ -91,6 +91,21 @@ def test_the_page_loads_without_an_api_key_but_the_data_needs_one(tmp_path: Path
         assert c.get("/models", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
+def test_the_api_docs_load_their_scripts_from_this_server(tmp_path: Path) -> None:
+    """/docs and /redoc need the key; the viewers' scripts are public, like the page's, and local."""
+    settings = Settings(store=tmp_path / "store", broker_url=None, api_keys=["s3cret"])
+    with TestClient(create_app(settings)) as c:
+        for page in ("/docs", "/redoc"):
+            assert c.get(page).status_code == 401
+            html = c.get(page, headers={"X-API-Key": "s3cret"}).text
+            refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html)
+            assert refs and all(ref.startswith("/static/docs/") for ref in refs), refs
+            for ref in refs:
+                r = c.get(ref)
+                assert r.status_code == 200 and len(r.content) > 1000, ref
+            assert "googleapis" not in html and "cdn." not in html
+
+
 # ------------------------------------------------------------------------------------ in a browser
 
 
@@ -321,3 +336,27 @@ def test_the_page_asks_for_an_api_key_and_sends_it(chromium: str, tmp_path: Path
         page.reload()  # the key is remembered: no dialog this time
         page.wait_for_function("document.querySelector('#jobs-table').textContent.includes('No jobs yet')")
         assert page.query_selector("#key-dialog[open]") is None
+
+
+def test_the_api_docs_render_with_no_network_beyond_the_service(chromium: str, tmp_path: Path) -> None:
+    """Swagger UI and ReDoc draw the API's operations while every other host is unreachable."""
+    with serving(tmp_path) as (base, _), browser_page(chromium, tmp_path / "profile") as page:
+        elsewhere: list[str] = []
+
+        def only_the_service(route: Any) -> None:
+            if route.request.url.startswith(base + "/"):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_the_service)
+        page.goto(base + "/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/similar']", timeout=30_000)
+        assert page.locator(".opblock").count() >= 15
+        assert elsewhere == []
+        page.goto(base + "/redoc")
+        page.wait_for_function("document.body.innerText.includes('/similar/batch')", timeout=30_000)
+        # ReDoc's "API docs by Redocly" footer asks its CDN for a logo, which hides itself when
+        # that fails; nothing else may leave the service.
+        assert set(elsewhere) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
