@@ -102,11 +102,29 @@ class TrainCreate(JsonBody):
         "cuda`, or `auto` with CuPy and a GPU), else on the CPU; 'cuda' waits for a GPU worker; 'cpu' never uses one.",
     )
     engine: Engine = Field(cast(Engine, _D.engine))
+    max_n: StrictInt = Field(
+        _D.max_n,
+        ge=0,
+        le=20,
+        description="Subwords, as fastText: each word's vector also learns from its character n-grams of min_n "
+        "to max_n characters, which helps rare words and inflections, and gives misspelt and unseen words a "
+        "vector from the n-grams they share (queries take them like any word). 0 (default): none, plain "
+        "word2vec. fastText's choice is 6, with min_n 3; training then takes several times longer.",
+    )
+    min_n: StrictInt = Field(_D.min_n, ge=1, le=20, description="Shortest character n-gram, with max_n > 0.")
+    buckets: StrictInt = Field(
+        _D.buckets,
+        ge=1,
+        le=10_000_000,
+        description="Hash buckets the n-grams share, as fastText's; only those in use take memory and disk.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainCreate:
         if (self.corpus_id is None) == (self.text is None):
             raise ValueError("give exactly one of 'corpus_id' (an uploaded corpus) or 'text' (an inline corpus)")
+        if self.max_n and self.max_n < self.min_n:
+            raise ValueError(f"max_n ({self.max_n}) must be 0 (no subwords) or at least min_n ({self.min_n})")
         if self.min_alpha > self.alpha:
             raise ValueError(f"min_alpha ({self.min_alpha}) must not exceed alpha ({self.alpha})")
         return self
@@ -202,6 +220,11 @@ class ModelPublic(ModelSummary):
         None,
         description="The precomputed neighbour table (`words` most frequent words, `k` neighbours each): "
         "one-word /similar queries within it are lookups. None: every query searches.",
+    )
+    subwords: dict[str, int] | None = Field(
+        None,
+        description="For a model trained with subwords (`max_n` > 0): `min_n`, `max_n`, `buckets`, and the "
+        "n-gram `rows` kept. Words outside the vocabulary then get a vector from their n-grams.",
     )
 
 

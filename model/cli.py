@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
         alpha=args.alpha, min_alpha=args.min_alpha, batch_words=args.batch_size, threads=args.threads,
         device=args.device, engine=args.engine, seed=args.seed, lowercase=args.lowercase,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, min_n=args.min_n, max_n=args.max_n, buckets=args.buckets,
     ).validate()
     # Everything that can be checked before training is: a typo must not cost a training run.
     check_writable_target(out, overwrite=args.force)
@@ -339,6 +339,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = _export_format(out) if args.format == "auto" else args.format
     save_word2vec_format(model.vectors, out, binary=fmt == "word2vec-binary")
     print(f"wrote {args.out}: {len(model.vectors)} words ({fmt})")
+    if model.vectors.subwords is not None:
+        print("note: word2vec formats hold the vocabulary's vectors only; the n-gram rows that give unseen "
+              "words a vector stay in the model directory")
     return 0
 
 
@@ -387,6 +390,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--engine", choices=["auto", "hogwild", "minibatch"], default=d.engine)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--lowercase", action="store_true")
+    p.add_argument(
+        "--max-n",
+        type=int,
+        default=d.max_n,
+        help="subwords, as fastText: learn from character n-grams of --min-n to --max-n characters too, so "
+        "misspelt and unseen words get vectors (fastText uses 6; default 0: none)",
+    )
+    p.add_argument("--min-n", type=int, default=d.min_n, help=f"shortest character n-gram (default {d.min_n})")
+    p.add_argument("--buckets", type=int, default=d.buckets, help=f"n-gram hash buckets (default {d.buckets})")
     p.add_argument("--checkpoint-dir", default=None, help="write per-epoch checkpoints here and resume from them")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="epochs between checkpoints")
     p.add_argument("--analogies", help="evaluate on this analogy file after training")

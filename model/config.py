@@ -24,7 +24,11 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "epochs": (1, 100),
     "threads": (0, 256),
     "checkpoint_every": (0, 100),
+    "min_n": (1, 20),
+    "max_n": (0, 20),
+    "buckets": (1, 10_000_000),
 }
+_SUBWORD_FIELDS = ("min_n", "max_n", "buckets")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,11 @@ class TrainConfig:
     seed: int = 1
     lowercase: bool = False
     checkpoint_every: int = 1  # epochs between checkpoints when a checkpoint dir is given; 0: never
+    # Character n-grams of min_n..max_n characters (fastText's subwords, model/subwords.py),
+    # hashed into `buckets` rows; max_n 0: none, plain word2vec.
+    min_n: int = 3
+    max_n: int = 0
+    buckets: int = 2_000_000
 
     def validate(self) -> TrainConfig:
         # NumPy integers (from a sweep over np.arange, say) are taken as the ints they are, and
@@ -69,6 +78,10 @@ class TrainConfig:
             or not 1 <= self.batch_words <= 10_000_000
         ):
             raise ParameterError(f"batch_words must be an integer in [1, 10000000], got {self.batch_words!r}")
+        if self.max_n and self.max_n < self.min_n:
+            raise ParameterError(
+                f"max_n ({self.max_n}) must be 0 (no subwords) or at least min_n ({self.min_n})"
+            )
         _check_float("sample", self.sample, 0.0, 1.0, low_open=False)
         _check_float("alpha", self.alpha, 0.0, 1.0, low_open=True)
         _check_float("min_alpha", self.min_alpha, 0.0, 1.0, low_open=False)
@@ -82,6 +95,10 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ParameterError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         return self
+
+    @property
+    def subwords(self) -> bool:
+        return self.max_n > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +116,9 @@ class TrainConfig:
         d = self.to_dict()
         for volatile in ("threads", "device", "checkpoint_every"):
             d.pop(volatile)
+        if not self.max_n:  # unused: a plain run keeps the fingerprint it had before they existed
+            for name in _SUBWORD_FIELDS:
+                d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from model.backend import array_module, free_device_memory
 from model.errors import TrainingCancelled
-from model.layers import Embedding, EmbeddingDot, SigmoidCrossEntropy
+from model.layers import Embedding, EmbeddingDot, SigmoidCrossEntropy, scatter_add
 
 if TYPE_CHECKING:
     from model.trainer import _Run, _Tracker
@@ -60,11 +60,33 @@ class MinibatchEngine:
         w = cfg.window
         self.offsets = xp.asarray(np.r_[np.arange(-w, 0), np.arange(1, w + 1)].astype(np.int64))
         self.abs_offsets = xp.abs(self.offsets)
+        # With subwords a context word stands for several input rows (model/subwords.py).
+        self.subwords = cfg.subwords
+        self.in_offsets = xp.asarray(run.inputs.offsets)
+        self.in_rows = xp.asarray(run.inputs.rows)
+
+    def _bag_mean(self, embed: Embedding, ctx: Array, valid: Array) -> tuple[Array, Array]:
+        """Hidden vectors as the mean of every input row of every valid context word, and
+        the batch row each looked-up input row belongs to."""
+        xp = self.xp
+        lens = (self.in_offsets[ctx + 1] - self.in_offsets[ctx]) * valid
+        flat = lens.ravel()
+        ends = xp.cumsum(flat)
+        entry = xp.arange(int(ends[-1]))  # the step's one host round trip: the number of rows
+        pair = xp.searchsorted(ends, entry, side="right")
+        within = entry - (ends[pair] - flat[pair])
+        rows = self.in_rows[self.in_offsets[ctx.ravel()[pair]] + within]
+        bag = pair // ctx.shape[1]
+        h = xp.zeros((ctx.shape[0], self.W_in.shape[1]), dtype=xp.float32)
+        scatter_add(h, bag, embed.forward(rows))
+        h /= xp.maximum(lens.sum(axis=1), 1)[:, None].astype(xp.float32)
+        return h, bag
 
     def run_epoch(self, epoch: int, tracker: _Tracker, should_stop: Callable[[], bool] | None) -> None:
         xp, run, cfg = self.xp, self.run, self.run.cfg
         rs = xp.random.RandomState(run.cfg.seed * 1000 + epoch)
-        n_vocab = self.W_in.shape[0]
+        n_vocab = self.W_out.shape[0]
+        n_inputs = self.W_in.shape[0]
         keep = rs.random_sample(self.tokens.size) < self.keep_prob[self.tokens]
         kept = xp.nonzero(keep)[0]
         kt = self.tokens[kept]
@@ -93,7 +115,10 @@ class MinibatchEngine:
             count = mask.sum(axis=1)
             has_ctx = count > 0
             ctx = kt[ctx_pos]
-            h = (embed_in.forward(ctx) * mask[:, :, None]).sum(axis=1) / xp.maximum(count, 1)[:, None]
+            if self.subwords:
+                h, bag = self._bag_mean(embed_in, ctx, valid)
+            else:
+                h = (embed_in.forward(ctx) * mask[:, :, None]).sum(axis=1) / xp.maximum(count, 1)[:, None]
 
             k = cfg.negative
             draw = rs.randint(0, n_vocab, size=(b1 - b0, k))
@@ -112,9 +137,13 @@ class MinibatchEngine:
             dh, d_rows = dot.backward(dscore)
             d_rows *= occurrence_scale(xp, targets, n_vocab, weights)[:, :, None]
             dot.embed.sgd_step(d_rows, alpha)
-            # Full error to every context word, as word2vec.c does, scaled for repeats like above.
-            d_ctx = dh[:, None, :] * (mask * occurrence_scale(xp, ctx, n_vocab, mask))[:, :, None]
-            embed_in.sgd_step(d_ctx, alpha)
+            # Full error to every context word (each of its rows, with subwords), as word2vec.c
+            # and fastText do, scaled for repeats like above.
+            if self.subwords:
+                embed_in.sgd_step(dh[bag] * occurrence_scale(xp, embed_in.idx, n_inputs)[:, None], alpha)
+            else:
+                d_ctx = dh[:, None, :] * (mask * occurrence_scale(xp, ctx, n_vocab, mask))[:, :, None]
+                embed_in.sgd_step(d_ctx, alpha)
 
             trained_sum += has_ctx.sum()
             if b1 == n or time.perf_counter() - last_readback >= READBACK_SECONDS:
@@ -135,5 +164,5 @@ class MinibatchEngine:
 
     def close(self) -> None:
         if self.device == "cuda":
-            del self.W_in, self.W_out, self.tokens, self.sentence
+            del self.W_in, self.W_out, self.tokens, self.sentence, self.in_offsets, self.in_rows
             free_device_memory()

@@ -1,5 +1,7 @@
 """The model directory format: float32 `vectors.npy`, `vocab.tsv` (word, count), `meta.json`,
-and optionally `neighbours.npy` (the precomputed neighbour table, `model.neighbours`).
+optionally `neighbours.npy` (the precomputed neighbour table, `model.neighbours`), and for a
+model trained with subwords `ngrams.npy` and `ngram_buckets.npy` (its n-gram rows and the
+bucket of each, `model.subwords`).
 
 `meta.json` carries a SHA-256 of each data file so a torn or tampered model is refused at
 load time instead of answering queries with garbage. Directories are written to a staging
@@ -15,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,11 +26,16 @@ from model.errors import ModelFormatError
 from model.neighbours import NeighbourTable
 from model.vectors import Vectors
 
+if TYPE_CHECKING:
+    from model.subwords import Subwords
+
 FORMAT_VERSION = 1
 VECTORS_FILE = "vectors.npy"
 VOCAB_FILE = "vocab.tsv"
 META_FILE = "meta.json"
 NEIGHBOURS_FILE = "neighbours.npy"
+NGRAMS_FILE = "ngrams.npy"
+NGRAM_BUCKETS_FILE = "ngram_buckets.npy"
 
 
 @dataclass
@@ -106,6 +113,13 @@ def save_model(path: str | Path, model: Model, *, overwrite: bool = False, only_
             table.save(stage / NEIGHBOURS_FILE)
             names.append(NEIGHBOURS_FILE)
             meta["neighbours"] = {"words": table.n_words, "k": table.k}
+        meta.pop("subwords", None)
+        subwords = model.vectors.subwords
+        if subwords is not None:
+            save_array(stage / NGRAMS_FILE, np.ascontiguousarray(subwords.vectors, dtype=np.float32))
+            save_array(stage / NGRAM_BUCKETS_FILE, np.ascontiguousarray(subwords.bucket_ids, dtype=np.int64))
+            names += [NGRAMS_FILE, NGRAM_BUCKETS_FILE]
+            meta["subwords"] = {**subwords.config(), "rows": int(subwords.bucket_ids.size)}
         meta.update(
             format_version=FORMAT_VERSION,
             vocab_size=len(model.vectors.words),
@@ -144,6 +158,8 @@ def load_model(path: str | Path, *, mmap: bool = True, verify: bool = True) -> M
         raise ModelFormatError(f"{root / META_FILE}: 'files' must map file names to checksums")
     # The table is optional, but once meta.json lists it, it must be there and intact.
     names = [VECTORS_FILE, VOCAB_FILE] + ([NEIGHBOURS_FILE] if NEIGHBOURS_FILE in files else [])
+    if meta.get("subwords") is not None:
+        names += [NGRAMS_FILE, NGRAM_BUCKETS_FILE]
     if verify:
         for name in names:
             expected = files.get(name)
@@ -176,4 +192,22 @@ def load_model(path: str | Path, *, mmap: bool = True, verify: bool = True) -> M
     loaded = Vectors(words, vectors, np.asarray(counts, dtype=np.int64))
     if NEIGHBOURS_FILE in names:
         loaded.attach_neighbours(NeighbourTable.load(root / NEIGHBOURS_FILE, len(words)))
+    if meta.get("subwords") is not None:
+        loaded.subwords = _load_subwords(root, meta["subwords"], vectors.shape[1], mmap)
     return Model(loaded, meta)
+
+
+def _load_subwords(root: Path, info: Any, dim: int, mmap: bool) -> Subwords:
+    from model.subwords import Subwords  # Numba: loaded only for models that need it
+
+    try:
+        ngrams = np.load(root / NGRAMS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+        buckets = np.load(root / NGRAM_BUCKETS_FILE, allow_pickle=False)
+        config = {k: int(info[k]) for k in ("min_n", "max_n", "buckets")}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelFormatError(f"{root}: cannot read its subwords: {exc}") from exc
+    if ngrams.ndim != 2 or ngrams.shape != (buckets.size, dim) or ngrams.dtype != np.float32:
+        raise ModelFormatError(f"{root}: {NGRAMS_FILE} has shape {ngrams.shape}, expected ({buckets.size}, {dim})")
+    if buckets.dtype != np.int64 or buckets.ndim != 1 or (buckets.size and np.any(np.diff(buckets) <= 0)):
+        raise ModelFormatError(f"{root}: {NGRAM_BUCKETS_FILE} must hold sorted, distinct int64 bucket ids")
+    return Subwords(bucket_ids=buckets, vectors=ngrams, **config)

@@ -7,6 +7,10 @@ word subsampling, unigram^0.75 negatives, linear learning-rate decay.
 - "hogwild": per-word SGD on shared weights: Numba-compiled CPU threads (model/cpu_kernel.py)
   or one CUDA warp per sentence (model/cuda_kernel.py).
 - "minibatch": the network as array operations on NumPy or CuPy (model/minibatch.py, layers.py).
+
+With `max_n > 0` a word's input also takes its character n-grams' rows (fastText's subwords,
+model/subwords.py): on the CPU Hogwild engine and the array engine; the CUDA kernel trains
+plain word2vec only, so subword jobs on the GPU run on the array engine.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from model.backend import resolve_device
 from model.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from model.config import Progress, TrainConfig
 from model.corpus import Source, encode
-from model.cpu_kernel import train_cbow_job
+from model.cpu_kernel import train_cbow_job, train_cbow_subword_job
 from model.errors import ParameterError, TrainingCancelled, TrainingDiverged
 from model.sampling import AliasSampler, keep_thresholds
 from model.store import Model
+from model.subwords import Subwords, TrainingRows, identity_rows, training_rows, word_vectors
 from model.vectors import Vectors
 from model.vocab import TrainingCorpus, Vocab, apply_vocab, build_vocab
 
@@ -168,6 +173,7 @@ class _Run:
     keep: np.ndarray
     sampler: AliasSampler
     threads: int
+    inputs: TrainingRows  # the input rows each word trains (its own; with subwords, its n-grams' too)
 
     def alpha_at(self, epoch: int, words_before: int) -> float:
         total = self.cfg.epochs * self.corpus.n_words
@@ -201,6 +207,8 @@ def _hogwild_epoch(
     max_len = int(np.diff(offsets).max(initial=0)) + 1
     dim = run.cfg.vector_size
 
+    kernel = train_cbow_subword_job if run.cfg.subwords else train_cbow_job
+
     def work() -> None:
         buf = np.empty(max_len, dtype=np.int32)
         neu1 = np.empty(dim, dtype=np.float32)
@@ -213,8 +221,9 @@ def _hogwild_epoch(
                 s0, s1 = int(bounds[j]), int(bounds[j + 1])
                 a0 = run.alpha_at(epoch, int(offsets[s0]))
                 a1 = run.alpha_at(epoch, int(offsets[s1]))
-                trained, loss, _ = train_cbow_job(
-                    run.syn0, run.syn1neg, run.corpus.tokens, offsets, s0, s1, run.keep,
+                trained, loss, _ = kernel(
+                    run.syn0, run.syn1neg, run.inputs.offsets, run.inputs.rows, run.corpus.tokens,
+                    offsets, s0, s1, run.keep,
                     run.sampler.accept, run.sampler.alias, run.cfg.window, run.cfg.negative,
                     a0, a1, np.uint64(job_seed(run.cfg.seed, epoch, j)), buf, neu1, neu1e,
                 )
@@ -275,6 +284,11 @@ def train(
     cfg = (config or TrainConfig()).validate()
     device = resolve_device(cfg.device)
     engine = "hogwild" if cfg.engine == "auto" else cfg.engine
+    if cfg.subwords and device == "cuda" and engine == "hogwild":
+        # The CUDA kernel trains one row per word; the array engine trains the n-grams' rows too.
+        if cfg.engine == "hogwild":
+            raise ParameterError("subwords (max_n > 0) train on the GPU with engine 'minibatch' or 'auto'")
+        engine = "minibatch"
     threads = cfg.threads or os.cpu_count() or 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
@@ -304,6 +318,11 @@ def train(
         len(vocab), tc.n_words, tc.n_raw_words, engine, device, threads,
     )
 
+    inputs = (
+        training_rows(vocab.words, cfg.min_n, cfg.max_n, cfg.buckets) if cfg.subwords else identity_rows(len(vocab))
+    )
+    if cfg.subwords:
+        log.info("subwords: %d n-gram rows in use of %d buckets", inputs.bucket_ids.size, cfg.buckets)
     fingerprint = f"{cfg.fingerprint()}:{vocab.fingerprint()}:{tc.n_words}:{tc.offsets.size}"
     resumed = load_checkpoint(ckpt_dir, fingerprint) if ckpt_dir is not None else None
     if resumed is not None:
@@ -313,14 +332,14 @@ def train(
     else:
         rng = np.random.default_rng(cfg.seed)
         # word2vec.c's initialisation: small uniform input vectors, zero output vectors.
-        syn0 = ((rng.random((len(vocab), cfg.vector_size), dtype=np.float32) - 0.5) / cfg.vector_size)
+        syn0 = ((rng.random((inputs.n_rows, cfg.vector_size), dtype=np.float32) - 0.5) / cfg.vector_size)
         syn1neg = np.zeros((len(vocab), cfg.vector_size), dtype=np.float32)
         start_epoch, prior_elapsed, epoch_losses = 0, 0.0, []
 
     run = _Run(
         cfg=cfg, corpus=tc, vocab=vocab, syn0=syn0, syn1neg=syn1neg,
         keep=keep_thresholds(vocab.counts, cfg.sample), sampler=AliasSampler(vocab.counts, cfg.ns_exponent),
-        threads=threads,
+        threads=threads, inputs=inputs,
     )
     tracker = _Tracker(cfg, tc.n_raw_words, progress, progress_interval, start_epoch)
     dev = _device_engine(run, engine, device)
@@ -376,4 +395,10 @@ def train(
             "resumed_from_epoch": start_epoch if resumed is not None else None,
         },
     }
-    return Model(Vectors(vocab.words, run.syn0, vocab.counts), meta)
+    if not cfg.subwords:
+        return Model(Vectors(vocab.words, run.syn0, vocab.counts), meta)
+    n_vocab = len(vocab)
+    meta["training"]["ngram_rows"] = int(inputs.bucket_ids.size)
+    vectors = Vectors(vocab.words, word_vectors(run.syn0, inputs), vocab.counts)
+    vectors.subwords = Subwords(cfg.min_n, cfg.max_n, cfg.buckets, inputs.bucket_ids, run.syn0[n_vocab:].copy())
+    return Model(vectors, meta)

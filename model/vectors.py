@@ -27,6 +27,7 @@ from model.errors import ModelFormatError, ParameterError, UnknownWordError
 if TYPE_CHECKING:
     from model import search, vnni_search
     from model.neighbours import NeighbourTable
+    from model.subwords import Subwords
 
 __all__ = ["Method", "Query", "Term", "Terms", "Vectors"]
 
@@ -329,6 +330,9 @@ class Vectors:
         self._small_searches = 0
         #: Precomputed top neighbours of the most frequent words (`model.neighbours`), if any.
         self.neighbours: NeighbourTable | None = None
+        #: The n-gram rows of a model trained with subwords: vectors for words outside the
+        #: vocabulary, which queries then accept like any word (they are never in the results).
+        self.subwords: Subwords | None = None
         self.search_threads: int = max(1, search_threads if search_threads is not None else os.cpu_count() or 1)
         self._unit_lock = threading.Lock()
 
@@ -353,8 +357,21 @@ class Vectors:
         except KeyError:
             raise UnknownWordError([word], self.key_to_index) from None
 
+    def has_vector(self, word: str) -> bool:
+        """In the vocabulary, or, with subwords, sharing an n-gram with it."""
+        return word in self.key_to_index or self._subword_vector(word) is not None
+
+    def _subword_vector(self, word: str) -> FloatArray | None:
+        return self.subwords.vector(word) if self.subwords is not None else None
+
     def get_vector(self, word: str, norm: bool = False) -> FloatArray:
-        """The word's vector, read-only so callers cannot silently invalidate the unit cache."""
+        """The word's vector, read-only so callers cannot silently invalidate the unit cache.
+
+        With subwords, a word outside the vocabulary gets the vector of its n-grams."""
+        if word not in self.key_to_index and (oov := self._subword_vector(word)) is not None:
+            oov = _unit_vector(oov) if norm else oov
+            oov.flags.writeable = False
+            return oov
         i = self.index(word)
         vec = self.vectors[i]
         if norm:
@@ -368,9 +385,7 @@ class Vectors:
         """One word's vector, or a matrix with one row per word of a list (as gensim)."""
         if isinstance(words, str):
             return self.get_vector(words)
-        missing = [w for w in words if w not in self.key_to_index]
-        if missing:
-            raise UnknownWordError(missing, self.key_to_index)
+        self._check_known(words)
         return np.vstack([self.get_vector(w) for w in words]) if words else np.zeros((0, self.vector_size), np.float32)
 
     # ------------------------------------------------------------------ gensim KeyedVectors names
@@ -482,8 +497,8 @@ class Vectors:
         if not ws1 or not ws2:
             raise ParameterError("n_similarity needs at least one word on each side")
         self._check_known([*ws1, *ws2])
-        mean1 = np.mean([self.vectors[self.key_to_index[w]] for w in ws1], axis=0)
-        mean2 = np.mean([self.vectors[self.key_to_index[w]] for w in ws2], axis=0)
+        mean1 = np.mean([self.get_vector(w) for w in ws1], axis=0)
+        mean2 = np.mean([self.get_vector(w) for w in ws2], axis=0)
         return float(np.dot(_unit_vector(mean1), _unit_vector(mean2)))
 
     def doesnt_match(self, words: Sequence[str]) -> str:
@@ -495,7 +510,7 @@ class Vectors:
         words = [words] if isinstance(words, str) else list(words)
         if not words:
             raise ParameterError("doesnt_match needs at least one word")
-        used = [w for w in words if w in self.key_to_index]
+        used = [w for w in words if self.has_vector(w)]
         if not used:
             raise UnknownWordError(words, self.key_to_index)
         if len(used) != len(words):
@@ -566,6 +581,8 @@ class Vectors:
         _check_limits(topn, restrict_vocab)
         if topn == 0:
             return []
+        if word not in self.key_to_index and self.subwords is not None:
+            return None  # a vector from its n-grams, searched for
         row = self.index(word)
         if not self.vectors[row].any():
             raise _no_direction([word])
@@ -615,7 +632,7 @@ class Vectors:
     # ------------------------------------------------------------------ search internals
 
     def _check_known(self, words: Sequence[str]) -> None:
-        unknown = [w for w in words if w not in self.key_to_index]
+        unknown = [w for w in words if not self.has_vector(w)]
         if unknown:
             raise UnknownWordError(unknown, self.key_to_index)
 
@@ -637,13 +654,18 @@ class Vectors:
                 start = len(side)
                 if isinstance(term, str):
                     i = self.key_to_index.get(term)
-                    if i is None:
+                    if i is not None:
+                        side.append(unit[i])
+                        excluded.add(i)
+                        if not unit[i].any():
+                            zero_words.append(term)
+                    elif (oov := self._subword_vector(term)) is not None:
+                        side.append(_unit_vector(oov))
+                        if not oov.any():
+                            zero_words.append(term)
+                    else:
                         unknown.append(term)
                         continue
-                    side.append(unit[i])
-                    excluded.add(i)
-                    if not unit[i].any():
-                        zero_words.append(term)
                 elif isinstance(term, np.ndarray):
                     if term.shape != (self.vector_size,):
                         raise ParameterError(f"query vector has shape {term.shape}, expected ({self.vector_size},)")

@@ -72,6 +72,21 @@ def test_similar_and_analogy_print_scored_words(trained: Path, capsys: pytest.Ca
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
 
+def test_subwords_from_training_to_queries_and_export(
+    tmp_path: Path, lee_text: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sub"
+    argv = ["train", str(lee_text), "--out", str(out), "--epochs", "3", "--quiet", "--threads", "1", "--max-n", "5"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert load_model(out).meta["subwords"]["max_n"] == 5
+    # A word the corpus never had is answered from its n-grams.
+    assert main(["similar", str(out), "governmentt", "--topn", "5"]) == 0
+    assert "government" in [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert main(["export", str(out), "--out", str(tmp_path / "sub.txt")]) == 0
+    assert "n-gram rows" in capsys.readouterr().out  # said, since word2vec files cannot keep them
+
+
 def test_train_can_save_a_neighbour_table(tmp_path: Path, lee_text: Path, capsys) -> None:
     out = tmp_path / "m"
     argv = ["train", str(lee_text), "--out", str(out), "--epochs", "1", "--quiet", "--threads", "1", "--seed", "5"]
@@ -185,7 +200,7 @@ def test_empty_vocabulary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(
     ("flag", "value", "name"),
     [("--epochs", "0", "epochs"), ("--window", "500", "window"), ("--alpha", "-1", "alpha"),
-     ("--sample", "2", "sample"), ("--vector-size", "0", "vector_size")],
+     ("--sample", "2", "sample"), ("--vector-size", "0", "vector_size"), ("--max-n", "2", "max_n")],
 )
 def test_out_of_range_parameter(
     lee_text: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, name: str

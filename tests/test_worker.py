@@ -299,6 +299,15 @@ def test_job_succeeds_and_saves_the_model(ctx: JobContext) -> None:
     assert run_job(ctx, rec.job_id) == "already succeeded"
 
 
+def test_a_subword_job_keeps_its_ngrams_beside_the_neighbour_table(ctx: JobContext) -> None:
+    rec = submit(ctx, max_n=4, min_n=2, buckets=5000)
+    assert run_job(ctx, rec.job_id) == "succeeded"
+    model = load_model(ctx.layout.model_dir(rec.target_model_id))
+    assert model.vectors.neighbours is not None  # the model was saved twice: trained, then indexed
+    assert model.vectors.subwords is not None and model.meta["subwords"]["max_n"] == 4
+    assert "t1w3x" not in model.vectors and model.vectors.has_vector("t1w3x")
+
+
 def test_neighbour_table_size_follows_the_settings(ctx: JobContext, monkeypatch) -> None:
     update = {"neighbour_words": 10, "neighbour_topn": 4, "progress_interval_s": 0}
     ctx.settings = ctx.settings.model_copy(update=update)

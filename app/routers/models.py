@@ -90,6 +90,7 @@ def get_model(model_id: str, models: ModelsDep, owner: OwnerDep) -> ModelPublic:
             "version": meta.get("version"),
             "evaluations": evaluations,
             "neighbours": meta.get("neighbours"),
+            "subwords": meta.get("subwords"),
         }
     )
 

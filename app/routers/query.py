@@ -209,7 +209,7 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
     unknown: list[list[str]] = []
     refused = []
     for i, ((pos, neg), words) in enumerate(zip(queries, asked, strict=True)):
-        missing = [w for w in dict.fromkeys((*pos, *neg)) if w not in vectors]
+        missing = [w for w in dict.fromkeys((*pos, *neg)) if not vectors.has_vector(w)]
         unknown.append(_as_asked(lm, [*words[0], *words[1]], missing))
         if not missing:
             try:
