@@ -1,13 +1,22 @@
-"""Training speed, memory and embedding quality: this project vs gensim, side by side.
+"""Training speed, memory and embedding quality: this project vs gensim and fastText, side by side.
 
 Each run trains in a fresh subprocess (so peak RSS is that run's alone) on the same corpus
-with the same settings, then both sets of vectors are scored by the same evaluator on the
+with the same settings, then every set of vectors is scored by the same evaluator on the
 Google analogies, WordSim-353 and SimLex-999. Prints a table and, last, one JSON line.
 
     python bench/train_vs_gensim.py [--corpus FILE] [--repeat-to WORDS] [--epochs 5] [--seeds 1 2 3]
-                                    [--threads 2] [--tools ours ours-gensim-alpha gensim gensim-file]
+                                    [--threads 2] [--tools ours ours-gensim-alpha ours-subwords gensim
+                                                           gensim-file fasttext fasttext-subwords]
                                     [--vector-size 100] [--window 5] [--negative 5] [--min-count 5]
-                                    [--sample 1e-3]
+                                    [--sample 1e-3] [--fasttext PATH]
+
+The fastText tools run fastText's own command-line program (`fasttext cbow`), found on PATH or
+given with --fasttext. Build it as fastText's README does (`make opt` in its repository: -O3
+-march=native) rather than taking a distribution's package, which is built for any CPU and
+trains about half as fast. "fasttext" is fastText without character n-grams (-minn 0 -maxn 0),
+the same model as word2vec's CBOW; "fasttext-subwords" is fastText as it runs by default
+(n-grams of 3 to 6 characters, 2 M hash buckets), to be compared with "ours-subwords", this
+project with the same subword settings.
 """
 
 from __future__ import annotations
@@ -31,6 +40,14 @@ SETTINGS = dict(vector_size=100, window=5, negative=5, min_count=5, sample=1e-3,
 # Each tool trains at its own default learning rate (ours 0.05 as word2vec.c's CBOW, gensim
 # 0.025); the optional tool "ours-gensim-alpha" trains ours at gensim's, to tell the two apart.
 GENSIM_ALPHA = 0.025
+OURS_TOOLS: dict[str, dict[str, Any]] = {
+    "ours": {},
+    "ours-gensim-alpha": {"alpha": GENSIM_ALPHA},
+    # Subwords as fastText's defaults have them (n-grams of 3 to 6 characters, 2 M buckets).
+    "ours-subwords": {"min_n": 3, "max_n": 6, "buckets": 2_000_000},
+}
+# fastText's own default for cbow is 0.05 as well.
+FASTTEXT_TOOLS = {"fasttext": ["-minn", "0", "-maxn", "0"], "fasttext-subwords": ["-minn", "3", "-maxn", "6"]}
 
 
 def _evaluate(words: list[str], vectors: Any) -> dict[str, float]:
@@ -50,16 +67,17 @@ def run_one(tool: str, corpus: str, seed: int, threads: int, settings: dict[str,
     import numpy as np
 
     epochs = settings["epochs"]
-    if tool in ("ours", "ours-gensim-alpha"):
+    if tool in OURS_TOOLS:
         from model import TrainConfig, train
 
-        alpha = {"alpha": GENSIM_ALPHA} if tool == "ours-gensim-alpha" else {}
         t0 = time.perf_counter()
-        m = train(corpus, TrainConfig(seed=seed, threads=threads, **settings, **alpha))  # type: ignore[arg-type]
+        m = train(corpus, TrainConfig(seed=seed, threads=threads, **settings, **OURS_TOOLS[tool]))  # type: ignore[arg-type]
         seconds = time.perf_counter() - t0
         words, vectors = m.vectors.words, np.asarray(m.vectors.vectors)
         raw_words = m.meta["corpus"]["raw_words"]
         corpus_seconds = m.meta["training"]["corpus_seconds"]
+    elif tool in FASTTEXT_TOOLS:
+        words, vectors, raw_words, corpus_seconds, seconds = _fasttext(tool, corpus, seed, threads, settings)
     else:
         from gensim.models import Word2Vec
         from gensim.models.word2vec import LineSentence
@@ -77,6 +95,8 @@ def run_one(tool: str, corpus: str, seed: int, threads: int, settings: dict[str,
         words, vectors = list(g.wv.index_to_key), g.wv.vectors
         raw_words = g.corpus_total_words
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if tool in FASTTEXT_TOOLS:
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
         "tool": tool, "seed": seed, "seconds": seconds, "raw_words": raw_words,
         "words_per_sec": raw_words * epochs / seconds, "peak_rss_mb": peak_rss_mb,
@@ -85,6 +105,53 @@ def run_one(tool: str, corpus: str, seed: int, threads: int, settings: dict[str,
         "train_words_per_sec": raw_words * epochs / (seconds - corpus_seconds),
         "vocab": len(words), **_evaluate(words, vectors),
     }
+
+
+def _fasttext(
+    tool: str, corpus: str, seed: int, threads: int, settings: dict[str, Any]
+) -> tuple[list[str], Any, int, float, float]:
+    """Trains with fastText's program; times come from its own output as it prints it.
+
+    fastText writes the model files after training; like the other tools' times, ours stop
+    when training ends: at its last progress line, printed once its threads have joined. Its
+    corpus pass ends where it prints the vocabulary it read.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from model import load_word2vec_format
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model"
+        cmd = [
+            os.environ.get("FASTTEXT", "fasttext"), "cbow", "-input", corpus, "-output", str(out),
+            "-dim", str(settings["vector_size"]), "-ws", str(settings["window"]),
+            "-neg", str(settings["negative"]), "-minCount", str(settings["min_count"]),
+            "-t", str(settings["sample"]), "-epoch", str(settings["epochs"]),
+            "-thread", str(threads), "-seed", str(seed), *FASTTEXT_TOOLS[tool],
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        corpus_seconds = seconds = 0.0
+        text = b""
+        finals = 0
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            now = time.perf_counter() - t0
+            text += chunk
+            if not corpus_seconds and b"Number of labels" in text:
+                corpus_seconds = now
+            # The final line shows the learning rate at zero; it is printed after the threads join.
+            if text.count(b"lr:  0.000000") > finals:
+                finals, seconds = text.count(b"lr:  0.000000"), now
+        if proc.wait() != 0 or not seconds:
+            raise SystemExit(f"fastText failed ({proc.returncode}): {text.decode(errors='replace')[-2000:]}")
+        vectors = load_word2vec_format(str(out) + ".vec")
+    # fastText prints its word count in millions; the other tools count whitespace-split words.
+    with open(corpus, encoding="utf-8", errors="replace") as fh:
+        raw_words = sum(len(line.split()) for line in fh)
+    return list(vectors.words), np.asarray(vectors.vectors), raw_words, corpus_seconds, seconds
 
 
 def _child(tool: str, corpus: Path, seed: int, threads: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -117,11 +184,14 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=SETTINGS["sample"])
     parser.add_argument(
         "--tools", nargs="+", default=["ours", "gensim", "gensim-file"],
-        choices=["ours", "ours-gensim-alpha", "gensim", "gensim-file"],
+        choices=[*OURS_TOOLS, "gensim", "gensim-file", *FASTTEXT_TOOLS],
     )
+    parser.add_argument("--fasttext", help="fastText's program (default: `fasttext` on PATH)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fasttext:
+        os.environ["FASTTEXT"] = str(Path(args.fasttext).resolve())
     if args.child:
         print(json.dumps(run_one(args.child, str(args.corpus), args.seeds[0], args.threads, json.loads(args.settings))))
         return
