@@ -581,7 +581,7 @@ class Vectors:
         _check_limits(topn, restrict_vocab)
         if topn == 0:
             return []
-        if word not in self.key_to_index and self.subwords is not None:
+        if word not in self.key_to_index and self.has_vector(word):
             return None  # a vector from its n-grams, searched for
         row = self.index(word)
         if not self.vectors[row].any():

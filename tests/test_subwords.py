@@ -199,6 +199,12 @@ def test_the_api_answers_for_words_outside_the_vocabulary(
     r = client.post("/similar/batch", json={"model": model_id, "queries": ["governmentt", "bombingss"], "topn": 3})
     assert r.status_code == 200, r.text
     assert [len(q) for q in r.json()["results"]] == [3, 3]
+    # A word none of whose n-grams was trained is a 404 naming the model, as any unknown word.
+    sub = lee_subwords.vectors.subwords
+    assert sub is not None
+    untrained = next(w for w in ("ÞÞ", "ÆÞ", "ÐÞ", "ÞÐ", "ÆÐ") if sub.vector(w) is None)
+    r = client.get("/similar", params={"word": untrained, "model": model_id})
+    assert r.status_code == 404 and r.json()["unknown_words"] == [untrained] and r.json()["model_id"] == model_id
     meta = client.get(f"/models/{model_id}").json()
     assert meta["subwords"] == {**SUBWORDS, "rows": lee_subwords.vectors.subwords.bucket_ids.size}  # type: ignore[union-attr]
     # Without subwords the same word is unknown, as before.
