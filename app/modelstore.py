@@ -273,6 +273,8 @@ class ModelStore:
                 # Two words: a one-word query would be read from the neighbour table instead.
                 with contextlib.suppress(ParameterError):  # an all-zero vector among them
                     model.vectors.most_similar(model.vectors.words[:2], topn=1)
+            if model.vectors.subwords is not None:
+                model.vectors.subwords.vector("warm-up")  # loads the n-gram hashing for unseen words
             loaded = LoadedModel(resolved, model, QueryBatcher(model.vectors, name=resolved[:8]), path, inode)
             evicted: list[LoadedModel] = []
             with self._lock:

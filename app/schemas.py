@@ -125,13 +125,24 @@ class TrainCreate(JsonBody):
             raise ValueError("give exactly one of 'corpus_id' (an uploaded corpus) or 'text' (an inline corpus)")
         if self.max_n and self.max_n < self.min_n:
             raise ValueError(f"max_n ({self.max_n}) must be 0 (no subwords) or at least min_n ({self.min_n})")
+        if self.max_n and self.device == "cuda" and self.engine == "hogwild":
+            raise ValueError(
+                "subwords (max_n > 0) train on the GPU with engine 'minibatch' or 'auto': the CUDA Hogwild "
+                "kernel trains plain word2vec only"
+            )
         if self.min_alpha > self.alpha:
             raise ValueError(f"min_alpha ({self.min_alpha}) must not exceed alpha ({self.alpha})")
         return self
 
+    def unused_fields(self) -> set[str]:
+        """Subword settings of a request without subwords: left out of what is stored and
+        compared, so a plain job reads as it did before they existed (to a worker of that
+        release during a rolling deploy, and to an idempotent retry)."""
+        return set() if self.max_n else {"min_n", "max_n", "buckets"}
+
     def train_config(self) -> dict[str, Any]:
         """The TrainConfig fields of this request (device is decided by the worker)."""
-        return self.model_dump(exclude={"corpus_id", "text", "name", "device"})
+        return self.model_dump(exclude={"corpus_id", "text", "name", "device", *self.unused_fields()})
 
 
 class TrainAccepted(BaseModel):

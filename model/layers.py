@@ -25,6 +25,8 @@ def scatter_add(target: Array, index: Array, values: Array) -> None:
     # np.add.at loops element by element; sorting the rows and summing runs of equal
     # indices with reduceat gives the same sums an order of magnitude faster.
     flat = xp.asarray(index).ravel()
+    if flat.size == 0:  # a step whose centre words had no context at all
+        return
     rows = xp.asarray(values).reshape(flat.size, -1)
     order = xp.argsort(flat, kind="stable")
     ordered = flat[order]

@@ -72,7 +72,8 @@ def _hash_ngrams(
 
 def ngram_buckets(words: Sequence[str], min_n: int, max_n: int, buckets: int) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, bucket ids): word i's n-grams are `ids[offsets[i]:offsets[i + 1]]`."""
-    encoded = [f"<{w}>".encode() for w in words]
+    # surrogateescape: a word read from undecodable bytes hashes as those bytes, as in fastText.
+    encoded = [f"<{w}>".encode("utf-8", "surrogateescape") for w in words]
     starts = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=starts[1:])
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
@@ -157,7 +158,7 @@ class Subwords:
     def vector(self, word: str) -> np.ndarray | None:
         """The word's vector from its n-grams, or None when none of them was trained."""
         _, ids = ngram_buckets([word], self.min_n, self.max_n, self.buckets)
-        if ids.size == 0:
+        if ids.size == 0 or self.bucket_ids.size == 0:
             return None
         pos = np.searchsorted(self.bucket_ids, ids)
         pos[pos == self.bucket_ids.size] = 0

@@ -286,8 +286,9 @@ def train(
     engine = "hogwild" if cfg.engine == "auto" else cfg.engine
     if cfg.subwords and device == "cuda" and engine == "hogwild":
         # The CUDA kernel trains one row per word; the array engine trains the n-grams' rows too.
+        # Switched rather than refused: a GPU worker runs a job sent with device "auto" as "cuda".
         if cfg.engine == "hogwild":
-            raise ParameterError("subwords (max_n > 0) train on the GPU with engine 'minibatch' or 'auto'")
+            log.warning("subwords train on the GPU with the array engine: engine 'minibatch', not 'hogwild'")
         engine = "minibatch"
     threads = cfg.threads or os.cpu_count() or 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -163,6 +163,32 @@ def test_the_array_engine_trains_subwords(lee_sentences: list[list[str]]) -> Non
     assert (moved > 0).all()  # every n-gram row in use was trained
 
 
+def test_a_step_of_words_without_context_trains_on(tmp_path: Path) -> None:
+    """One word per line: no centre word has a context, so a step has no input rows at all."""
+    corpus = tmp_path / "lonely.txt"
+    corpus.write_text("".join(f"w{i % 5}\n" for i in range(65)), encoding="utf-8")
+    cfg = dict(engine="minibatch", batch_words=64, sample=0.0, min_count=1, epochs=1)
+    for max_n in (0, 4):
+        assert len(train(corpus, TrainConfig(max_n=max_n, **cfg)).vectors) == 5  # type: ignore[arg-type]
+
+
+def test_unseen_words_when_no_ngram_was_trained_at_all(lee_text: Path) -> None:
+    """n-grams of 20 characters: no word of the corpus is that long, so none is in use."""
+    model = train(lee_text, TrainConfig(epochs=1, threads=1, min_n=20, max_n=20))
+    v = model.vectors
+    assert v.subwords is not None and v.subwords.bucket_ids.size == 0
+    assert not v.has_vector("a" * 30)
+    with pytest.raises(UnknownWordError):
+        v.most_similar("a" * 30)
+
+
+def test_words_from_undecodable_bytes_are_hashed_as_those_bytes(lee_subwords: Model) -> None:
+    v = lee_subwords.vectors
+    word = b"government\xff".decode("utf-8", "surrogateescape")  # as a command line passes it
+    assert v.has_vector(word)
+    assert "government" in [w for w, _ in v.most_similar(word, topn=5)]
+
+
 @pytest.mark.parametrize(
     "kwargs", [dict(max_n=2, min_n=3), dict(max_n=21), dict(min_n=0, max_n=3), dict(max_n=6, buckets=0)]
 )
@@ -173,6 +199,7 @@ def test_bad_subword_settings_are_refused(kwargs: dict[str, int], lee_text: Path
 
 def test_plain_runs_keep_their_checkpoint_fingerprint() -> None:
     """A checkpoint written before subwords existed still resumes: unused fields stay out of it."""
+    assert TrainConfig().fingerprint().startswith("d37602a6")  # the default config's, before subwords
     assert TrainConfig().fingerprint() == TrainConfig(min_n=2, buckets=5).fingerprint()
     assert TrainConfig(max_n=6).fingerprint() != TrainConfig(max_n=6, buckets=5).fingerprint()
 
@@ -218,6 +245,11 @@ def test_train_takes_subword_settings_and_refuses_bad_ones(client: TestClient) -
     assert r.status_code == 422 and "max_n (2) must be 0 (no subwords) or at least min_n (3)" in r.text
     r = client.post("/train", json={"text": "a b c\n", "max_n": 21})
     assert r.status_code == 422 and "max_n" in r.text
+    r = client.post("/train", json={"text": "a b c\n", "max_n": 6, "device": "cuda", "engine": "hogwild"})
+    assert r.status_code == 422 and "engine 'minibatch' or 'auto'" in r.text
+    # A plain job's config holds no subword settings: a worker of the release before reads it.
+    r = client.post("/train", json={"text": "a b c\n"})
+    assert r.status_code == 202 and "max_n" not in client.get(f"/jobs/{r.json()['job_id']}").json()["config"]
     r = client.post("/train", json={"text": "a b c\n", "max_n": 6, "buckets": 100_000})
     assert r.status_code == 202, r.text
     config = client.get(f"/jobs/{r.json()['job_id']}").json()["config"]

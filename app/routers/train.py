@@ -123,7 +123,9 @@ def submit_training(
     settings, jobs, corpora = services.settings, services.jobs, services.corpora
     config = body.train_config()
     TrainConfig.from_dict({**config, "device": body.device}).validate()
-    fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json", exclude=body.unused_fields()), sort_keys=True).encode()
+    ).hexdigest()
     idempotency_key = _idempotency_scope(idempotency_key, owner)
     if idempotency_key is not None and (bound := jobs.lookup_idempotency_key(idempotency_key)) is not None:
         return _replay(request, response, services, bound, fingerprint)

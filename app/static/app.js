@@ -196,6 +196,8 @@
         body[input.name] = input.value;
       }
     }
+    // Subwords shorter than fastText's 3 characters: the shortest n-gram is the longest then.
+    if (body.max_n > 0 && body.max_n < 3) body.min_n = body.max_n;
     return body;
   }
 
