@@ -547,23 +547,28 @@ def _worker_main(argv: list[str]) -> None:
         return True
 
     last: Path | None = None
-    with path.open("rb") as fh:
-        for spec in argv[4:]:
-            if orphaned():
-                return
-            i, start, stop = (int(x) for x in spec.split(":"))
-            fh.seek(start)
-            words, ids, lengths = _encode_bytes(fh.read(stop - start), lowercase, max_words, file_start=start == 0)
-            (out / f"{i}.words").write_text("\n".join(words), encoding="utf-8")
-            ids.tofile(out / f"{i}.tokens")
-            lengths.tofile(out / f"{i}.lengths")
-            (out / f"{i}.done.tmp").touch()
-            last = out / f"{i}.done"
-            os.replace(out / f"{i}.done.tmp", last)  # the files above are complete
-    # Stay until the last slice is taken, so that a death of the encoding process after this
-    # worker's last slice is still noticed and cleaned up.
-    while last is not None and last.exists() and not orphaned():
-        time.sleep(0.05)
+    try:
+        with path.open("rb") as fh:
+            for spec in argv[4:]:
+                if orphaned():
+                    return
+                i, start, stop = (int(x) for x in spec.split(":"))
+                fh.seek(start)
+                words, ids, lengths = _encode_bytes(fh.read(stop - start), lowercase, max_words, file_start=start == 0)
+                (out / f"{i}.words").write_text("\n".join(words), encoding="utf-8")
+                ids.tofile(out / f"{i}.tokens")
+                lengths.tofile(out / f"{i}.lengths")
+                (out / f"{i}.done.tmp").touch()
+                last = out / f"{i}.done"
+                os.replace(out / f"{i}.done.tmp", last)  # the files above are complete
+        # Stay until the last slice is taken, so that a death of the encoding process after this
+        # worker's last slice is still noticed and cleaned up.
+        while last is not None and last.exists() and not orphaned():
+            time.sleep(0.05)
+    finally:
+        # An orphan that fails (its folder removed by the other worker mid-write) cleans up too:
+        # that removal may have missed the file this one was writing.
+        orphaned()
 
 
 if __name__ == "__main__":
