@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema, model_validator
 
 from model import TrainConfig
+from model.config import SUBWORD_FIELDS
 from worker.storage import ID_PATTERN
 
 # Always to the millisecond, as the job store writes them: pydantic's own form drops the
@@ -138,7 +139,7 @@ class TrainCreate(JsonBody):
         """Subword settings of a request without subwords: left out of what is stored and
         compared, so a plain job reads as it did before they existed (to a worker of that
         release during a rolling deploy, and to an idempotent retry)."""
-        return set() if self.max_n else {"min_n", "max_n", "buckets"}
+        return set() if self.max_n else set(SUBWORD_FIELDS)
 
     def train_config(self) -> dict[str, Any]:
         """The TrainConfig fields of this request (device is decided by the worker)."""

@@ -28,7 +28,7 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "max_n": (0, 20),
     "buckets": (1, 10_000_000),
 }
-_SUBWORD_FIELDS = ("min_n", "max_n", "buckets")
+SUBWORD_FIELDS = ("min_n", "max_n", "buckets")
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class TrainConfig:
         for volatile in ("threads", "device", "checkpoint_every"):
             d.pop(volatile)
         if not self.max_n:  # unused: a plain run keeps the fingerprint it had before they existed
-            for name in _SUBWORD_FIELDS:
+            for name in SUBWORD_FIELDS:
                 d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
