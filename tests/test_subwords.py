@@ -13,7 +13,7 @@ from app.settings import Settings
 from model import Model, ParameterError, TrainConfig, TrainingCancelled, UnknownWordError, Vectors, train
 from model.errors import ModelFormatError
 from model.store import NGRAMS_FILE, load_model
-from model.subwords import identity_rows, ngram_buckets, training_rows
+from model.subwords import Subwords, identity_rows, ngram_buckets, training_rows
 from tests.test_api import put_model
 from worker.storage import StoreLayout
 
@@ -51,6 +51,16 @@ def test_each_word_trains_its_own_row_then_its_ngrams_rows() -> None:
     assert plain.rows.tolist() == [0, 1, 2] and plain.n_rows == 3
 
 
+def untrained_word(sub: Subwords) -> str:
+    """A short word none of whose n-grams hashes to a trained bucket, found from the hashes
+    alone (not from the lookup under test)."""
+    candidates = ("ÞÞ", "ÆÞ", "ÐÞ", "ÞÐ", "ÆÐ")
+    untrained = [w for w in candidates
+                 if not np.isin(ngram_buckets([w], sub.min_n, sub.max_n, sub.buckets)[1], sub.bucket_ids).any()]
+    assert untrained, "every candidate collides with a trained n-gram"
+    return untrained[0]
+
+
 @pytest.fixture(scope="module")
 def lee_subwords(lee_text: Path) -> Model:
     return train(lee_text, TrainConfig(seed=1, threads=1, epochs=5, **SUBWORDS))  # type: ignore[arg-type]
@@ -71,11 +81,10 @@ def test_words_outside_the_vocabulary_get_vectors_from_their_ngrams(lee_subwords
     oov_route = v.subwords.vector("government")
     assert np.dot(v.get_vector("government", norm=True), oov_route / np.linalg.norm(oov_route)) > 0.9
     # A word none of whose n-grams was trained (no hash collision either) is still unknown.
-    untrained = [w for w in ("ÞÞ", "ÆÞ", "ÐÞ", "ÞÐ", "ÆÐ") if not np.isin(ngram_buckets([w], 3, 6, 1_000_000)[1],
-                                                                       v.subwords.bucket_ids).any()]
-    assert untrained and v.has_vector("governmentt") and not v.has_vector(untrained[0])
+    untrained = untrained_word(v.subwords)
+    assert v.has_vector("governmentt") and not v.has_vector(untrained)
     with pytest.raises(UnknownWordError):
-        v.most_similar(untrained[0])
+        v.most_similar(untrained)
     # Queries mixing vocabulary words and others work as usual; the unseen word is no answer.
     assert "governmentt" not in [w for w, _ in v.most_similar(["government", "governmentt"], topn=20)]
     assert len(v.most_similar_batch(["governmentt", "police"], topn=3)) == 2
@@ -227,9 +236,8 @@ def test_the_api_answers_for_words_outside_the_vocabulary(
     assert r.status_code == 200, r.text
     assert [len(q) for q in r.json()["results"]] == [3, 3]
     # A word none of whose n-grams was trained is a 404 naming the model, as any unknown word.
-    sub = lee_subwords.vectors.subwords
-    assert sub is not None
-    untrained = next(w for w in ("ÞÞ", "ÆÞ", "ÐÞ", "ÞÐ", "ÆÐ") if sub.vector(w) is None)
+    assert lee_subwords.vectors.subwords is not None
+    untrained = untrained_word(lee_subwords.vectors.subwords)
     r = client.get("/similar", params={"word": untrained, "model": model_id})
     assert r.status_code == 404 and r.json()["unknown_words"] == [untrained] and r.json()["model_id"] == model_id
     meta = client.get(f"/models/{model_id}").json()
