@@ -11,17 +11,22 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+step() { echo "== $1 (at ${SECONDS} s)"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__)"
 # The benchmark runs even when a test fails, and each step has a time limit inside the device
 # call's ten minutes, so one call always brings back figures.
+step "gpu tests"
 tests=0
-timeout 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" || tests=$?
+timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" || tests=$?
+step "benchmark"
 bench=0
 timeout "${BENCH_SECONDS:-300}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
 # Launch shapes for tuning, in whatever time is left of the call (its figures are a bonus).
+step "launch shapes"
 timeout "${SWEEP_SECONDS:-80}" python3 bench/gpu_sweep.py 2>&1 | tee "$OUT/gpu_sweep.log" || true
+step "done"
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))
