@@ -126,11 +126,6 @@ class TrainCreate(JsonBody):
             raise ValueError("give exactly one of 'corpus_id' (an uploaded corpus) or 'text' (an inline corpus)")
         if self.max_n and self.max_n < self.min_n:
             raise ValueError(f"max_n ({self.max_n}) must be 0 (no subwords) or at least min_n ({self.min_n})")
-        if self.max_n and self.device == "cuda" and self.engine == "hogwild":
-            raise ValueError(
-                "subwords (max_n > 0) train on the GPU with engine 'minibatch' or 'auto': the CUDA Hogwild "
-                "kernel trains plain word2vec only"
-            )
         if self.min_alpha > self.alpha:
             raise ValueError(f"min_alpha ({self.min_alpha}) must not exceed alpha ({self.alpha})")
         return self

@@ -23,10 +23,10 @@ tests=0
 timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" || tests=$?
 step "benchmark"
 bench=0
-timeout "${BENCH_SECONDS:-300}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
+timeout "${BENCH_SECONDS:-330}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" --json "$OUT/train_gpu.json" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
 # Launch shapes for tuning, in whatever time is left of the call (its figures are a bonus).
 step "launch shapes"
-timeout "${SWEEP_SECONDS:-80}" python3 bench/gpu_sweep.py 2>&1 | tee "$OUT/gpu_sweep.log" || true
+timeout "${SWEEP_SECONDS:-60}" python3 bench/gpu_sweep.py 2>&1 | tee "$OUT/gpu_sweep.log" || true
 step "done"
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))

@@ -2,7 +2,10 @@
 
 One warp trains one sentence at a time, word after word as word2vec.c does, its 32 lanes
 splitting the vector dimensions; thousands of warps train different sentences at once on
-shared weights (Hogwild, as BlazingText does on GPUs). Random numbers come from a hash of
+shared weights (Hogwild, as BlazingText does on GPUs). With subwords, a context word's
+input is the rows `model/subwords.py` lists for it (its own and its n-grams'), as in the
+CPU kernel; the kernel is then compiled with `SUBWORDS` set, so plain word2vec runs code
+with no trace of the indirection. Random numbers come from a hash of
 (seed, sentence, position, purpose) rather than a sequential generator, so lanes agree on
 every draw without communicating and a launch's draws do not depend on scheduling.
 
@@ -48,6 +51,9 @@ DEVICE_MEMORY_MARGIN = 1 << 30
 
 CUDA_SOURCE = r"""
 #define FULL_MASK 0xffffffffu
+#ifndef SUBWORDS
+#define SUBWORDS 0
+#endif
 
 __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     z += 0x9E3779B97F4A7C15ULL;
@@ -77,6 +83,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 extern "C" __global__ void cbow_hogwild(
     float* __restrict__ syn0, float* __restrict__ syn1neg,
+    const long long* __restrict__ in_offsets, const int* __restrict__ in_rows,
     const int* __restrict__ tokens, const long long token_base, const long long* __restrict__ offsets,
     const long long s_begin, const long long s_end,
     const unsigned long long* __restrict__ keep_threshold,
@@ -129,13 +136,27 @@ extern "C" __global__ void cbow_hogwild(
             int hi = pos + window - reduced;
             if (lo < 0) lo = 0;
             if (hi > length - 1) hi = length - 1;
-            const int cw = hi - lo;  // every position in [lo, hi] but pos itself
+            // Input rows in the mean: every position in [lo, hi] but pos itself, one row each
+            // or, with subwords, all the rows each word lists.
+            int cw = hi - lo;
+            if (SUBWORDS) {
+                cw = 0;
+                for (int c = lo; c <= hi; c++)
+                    if (c != pos) cw += (int)(in_offsets[buf[c] + 1] - in_offsets[buf[c]]);
+            }
             if (cw <= 0) continue;
             const float inv = 1.0f / (float)cw;
             for (int k = lane; k < dim; k += 32) {
                 float acc = 0.0f;
-                for (int c = lo; c <= hi; c++)
-                    if (c != pos) acc += syn0[(size_t)buf[c] * dim + k];
+                for (int c = lo; c <= hi; c++) {
+                    if (c == pos) continue;
+                    if (SUBWORDS) {
+                        for (long long r = in_offsets[buf[c]]; r < in_offsets[buf[c] + 1]; r++)
+                            acc += syn0[(size_t)in_rows[r] * dim + k];
+                    } else {
+                        acc += syn0[(size_t)buf[c] * dim + k];
+                    }
+                }
                 neu1[k] = acc * inv;
                 neu1e[k] = 0.0f;
             }
@@ -176,11 +197,18 @@ extern "C" __global__ void cbow_hogwild(
                     out[k] += g * neu1[k];
                 }
             }
-            // word2vec.c applies the full error to every context word.
+            // word2vec.c applies the full error to every context word (fastText: every row).
             for (int c = lo; c <= hi; c++) {
                 if (c == pos) continue;
-                float* in = syn0 + (size_t)buf[c] * dim;
-                for (int k = lane; k < dim; k += 32) in[k] += neu1e[k];
+                if (SUBWORDS) {
+                    for (long long r = in_offsets[buf[c]]; r < in_offsets[buf[c] + 1]; r++) {
+                        float* in = syn0 + (size_t)in_rows[r] * dim;
+                        for (int k = lane; k < dim; k += 32) in[k] += neu1e[k];
+                    }
+                } else {
+                    float* in = syn0 + (size_t)buf[c] * dim;
+                    for (int k = lane; k < dim; k += 32) in[k] += neu1e[k];
+                }
             }
             trained++;
         }
@@ -192,6 +220,11 @@ extern "C" __global__ void cbow_hogwild(
     }
 }
 """
+
+
+def kernel_source(subwords: bool) -> str:
+    """The kernel's source, for plain word2vec or with subwords."""
+    return ("#define SUBWORDS 1\n" if subwords else "") + CUDA_SOURCE
 
 
 def split_sentences(offsets: np.ndarray, max_len: int = MAX_GPU_SENTENCE) -> np.ndarray:
@@ -214,6 +247,10 @@ class CudaHogwildEngine:
         self.dim = cfg.vector_size
         self.W_in = cp.asarray(run.syn0)
         self.W_out = cp.asarray(run.syn1neg)
+        # Unread by the plain kernel, but its signature is the same (a vocabulary's worth of
+        # identity rows).
+        self.in_offsets = cp.asarray(run.inputs.offsets)
+        self.in_rows = cp.asarray(run.inputs.rows)
         self.host_offsets = split_sentences(run.corpus.offsets)
         self.offsets = cp.asarray(self.host_offsets)
         self.keep = cp.asarray(run.keep)
@@ -238,7 +275,7 @@ class CudaHogwildEngine:
                 free / 1e9,
                 largest,
             )
-        self.kernel = cp.RawKernel(CUDA_SOURCE, "cbow_hogwild", options=NVRTC_OPTIONS)
+        self.kernel = cp.RawKernel(kernel_source(cfg.subwords), "cbow_hogwild", options=NVRTC_OPTIONS)
         per_warp = MAX_GPU_SENTENCE * 4 + 2 * self.dim * 4
         self.warps = max(1, min(MAX_WARPS_PER_BLOCK, SHARED_MEMORY_BYTES // per_warp))
         self.shared = per_warp * self.warps
@@ -272,6 +309,8 @@ class CudaHogwildEngine:
             args: tuple[Any, ...] = (
                 self.W_in,
                 self.W_out,
+                self.in_offsets,
+                self.in_rows,
                 tokens,
                 np.int64(token_base),
                 self.offsets,
@@ -306,6 +345,7 @@ class CudaHogwildEngine:
         self.run.syn1neg[...] = self.W_out.get()
 
     def close(self) -> None:
-        del self.W_in, self.W_out, self.tokens, self.offsets, self.keep, self.accept, self.alias
+        del self.W_in, self.W_out, self.in_offsets, self.in_rows, self.tokens, self.offsets
+        del self.keep, self.accept, self.alias
         del self.loss, self.trained
         free_device_memory()

@@ -9,8 +9,7 @@ word subsampling, unigram^0.75 negatives, linear learning-rate decay.
 - "minibatch": the network as array operations on NumPy or CuPy (model/minibatch.py, layers.py).
 
 With `max_n > 0` a word's input also takes its character n-grams' rows (fastText's subwords,
-model/subwords.py): on the CPU Hogwild engine and the array engine; the CUDA kernel trains
-plain word2vec only, so subword jobs on the GPU run on the array engine.
+model/subwords.py), on every engine and device.
 """
 
 from __future__ import annotations
@@ -284,12 +283,6 @@ def train(
     cfg = (config or TrainConfig()).validate()
     device = resolve_device(cfg.device)
     engine = "hogwild" if cfg.engine == "auto" else cfg.engine
-    if cfg.subwords and device == "cuda" and engine == "hogwild":
-        # The CUDA kernel trains one row per word; the array engine trains the n-grams' rows too.
-        # Switched rather than refused: a GPU worker runs a job sent with device "auto" as "cuda".
-        if cfg.engine == "hogwild":
-            log.warning("subwords train on the GPU with the array engine: engine 'minibatch', not 'hogwild'")
-        engine = "minibatch"
     threads = cfg.threads or os.cpu_count() or 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:

@@ -602,6 +602,7 @@ class SimKernel:
 
     def __init__(self, source: str, name: str, options: Sequence[str] = ()) -> None:
         self.name = name
+        self.source = source
         self.options = tuple(options)
         self.params = parse_params(source, name)
         self._lib = _build(source, name, self.params)

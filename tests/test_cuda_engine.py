@@ -24,9 +24,10 @@ from tests.nvrtc import compile_cuda
 needs_simulator = pytest.mark.skipif(compiler() is None, reason="the CUDA simulator needs g++ on x86-64 Linux")
 
 
+@pytest.mark.parametrize("subwords", [False, True])
 @pytest.mark.parametrize("arch", ["compute_75", "compute_90"])
-def test_kernel_compiles_under_nvrtc_with_the_engines_options(arch: str) -> None:
-    compiled = compile_cuda(cuda_kernel.CUDA_SOURCE, (f"-arch={arch}", *cuda_kernel.NVRTC_OPTIONS))
+def test_kernel_compiles_under_nvrtc_with_the_engines_options(arch: str, subwords: bool) -> None:
+    compiled = compile_cuda(cuda_kernel.kernel_source(subwords), (f"-arch={arch}", *cuda_kernel.NVRTC_OPTIONS))
     assert compiled.ok, compiled.log
     assert ".entry cbow_hogwild" in compiled.ptx
     # nvcc's -O3 is what CuPy's compiler refuses: the check above would catch it coming back.
@@ -166,3 +167,50 @@ def test_extreme_parameters_stay_inside_the_gpus_limits(
     vectors = model.vectors.vectors
     assert vectors.shape[1] == vector_size and np.isfinite(vectors).all()
     assert np.isfinite(model.meta["training"]["epoch_losses"]).all()
+
+
+SUBWORDS = dict(max_n=6, min_n=3, buckets=1_000_000)
+
+
+@needs_simulator
+@pytest.mark.slow
+def test_simulated_gpu_trains_subwords_as_the_cpu_engine_does(gpu: SimCupy, lee_sentences: list[list[str]]) -> None:
+    """The kernel compiled with SUBWORDS: each context word stands for its own row and its
+    n-grams' rows, as in the CPU kernel."""
+    sentences = lee_sentences[:150]
+    cfg = dict(seed=3, epochs=2, threads=1, **SUBWORDS)
+    cpu = train(sentences, TrainConfig(device="cpu", **cfg))  # type: ignore[arg-type]
+    cuda = train(sentences, TrainConfig(device="cuda", **cfg))  # type: ignore[arg-type]
+    assert cuda.meta["training"]["engine"] == "hogwild"
+    assert gpu.kernels and gpu.kernels[0].launches == 2
+    # Counting context words instead of their rows, or skipping the n-grams' rows, puts
+    # the loss far from the CPU engine's (tens of percent).
+    gpu_losses, cpu_losses = cuda.meta["training"]["epoch_losses"], cpu.meta["training"]["epoch_losses"]
+    assert gpu_losses[0] == pytest.approx(cpu_losses[0], rel=0.05)
+    assert gpu_losses[-1] == pytest.approx(cpu_losses[-1], rel=0.02)
+    sub_cpu, sub_gpu = cpu.vectors.subwords, cuda.vectors.subwords
+    assert sub_cpu is not None and sub_gpu is not None
+    np.testing.assert_array_equal(sub_gpu.bucket_ids, sub_cpu.bucket_ids)
+    # Every n-gram row in use took updates, by about as much as on the CPU.
+    n_vocab = len(cpu.vectors)
+    init = np.random.default_rng(3).random((n_vocab + sub_cpu.bucket_ids.size, 100), dtype=np.float32)
+    start = ((init - 0.5) / 100)[n_vocab:]  # the trainer's initial rows (word2vec.c's)
+    moved_gpu = np.linalg.norm(sub_gpu.vectors - start, axis=1)
+    moved_cpu = np.linalg.norm(sub_cpu.vectors - start, axis=1)
+    assert (moved_gpu > 0).all()
+    assert np.median(moved_gpu) == pytest.approx(np.median(moved_cpu), rel=0.1)
+    assert neighbour_overlap(cpu.vectors, cuda.vectors, cpu.vectors.words[50:80]) > 0.2
+    assert np.isfinite(cuda.vectors.vectors).all()
+
+
+@needs_simulator
+def test_the_subword_kernel_with_no_ngrams_is_the_plain_kernel(gpu: SimCupy, lee_sentences: list[list[str]]) -> None:
+    """n-grams of 20 characters: no word here has one, so each word lists its own row alone
+    and the subword kernel must compute exactly what the plain one does."""
+    sentences = lee_sentences[:40]
+    plain = train(sentences, TrainConfig(device="cuda", seed=7, epochs=2))
+    sub = train(sentences, TrainConfig(device="cuda", seed=7, epochs=2, min_n=20, max_n=20))
+    assert sub.meta["training"]["ngram_rows"] == 0
+    assert "#define SUBWORDS 1" not in gpu.kernels[0].source and "#define SUBWORDS 1" in gpu.kernels[1].source
+    np.testing.assert_array_equal(sub.vectors.vectors, plain.vectors.vectors)
+

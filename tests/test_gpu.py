@@ -92,6 +92,16 @@ def test_cuda_training_learns_related_words(engine: str, lee_sentences: list[lis
 
 
 @pytest.mark.parametrize("engine", ["hogwild", "minibatch"])
+def test_cuda_subwords_place_unseen_words_by_their_spelling(engine: str, lee_text: Path) -> None:
+    cfg = TrainConfig(seed=1, device="cuda", engine=engine, epochs=5, max_n=6, min_n=3, buckets=1_000_000)
+    model = train(lee_text, cfg)
+    assert model.meta["training"]["engine"] == engine and model.meta["training"]["ngram_rows"] > 0
+    v = model.vectors
+    assert "governmentt" not in v and "government" in [w for w, _ in v.most_similar("governmentt", topn=5)]
+    assert "bombings" in [w for w, _ in v.most_similar("bombingss", topn=5)]
+
+
+@pytest.mark.parametrize("engine", ["hogwild", "minibatch"])
 def test_numpy_and_cupy_agree_on_a_fixed_seed(engine: str, lee_text: Path) -> None:
     """Different random streams, same algorithm: losses and learned structure agree closely."""
     kwargs: dict[str, Any] = dict(seed=3, epochs=5, engine=engine, threads=1)
