@@ -264,13 +264,16 @@ class DoesntMatchPublic(BaseModel):
 
 
 class BatchQuery(BaseModel):
-    # The published schema says what the validator below checks: a word on at least one side.
+    # The published schema says what the validator below checks: a word on at least one side,
+    # or a vector.
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "anyOf": [
                 {"required": ["positive"], "properties": {"positive": {"minItems": 1}}},
                 {"required": ["negative"], "properties": {"negative": {"minItems": 1}}},
+                {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
             ]
         },
     )
@@ -279,14 +282,24 @@ class BatchQuery(BaseModel):
     negative: list[Word] = Field(
         default_factory=list,
         max_length=100,
-        description="Words to move away from. A query needs at least one word; 3CosMul, a positive one.",
+        description="Words to move away from. A query needs at least one word or a vector; 3CosMul, a positive one.",
+    )
+    vector: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="A vector of the model's `vector_size` numbers, on the positive side: alone, the words "
+        "nearest to it (gensim's `similar_by_vector`); no word is left out of its answers.",
     )
 
     @model_validator(mode="after")
-    def _some_word(self) -> BatchQuery:
-        if not self.positive and not self.negative:
-            raise ValueError("a query needs at least one positive or negative word")
+    def _some_term(self) -> BatchQuery:
+        if not self.positive and not self.negative and self.vector is None:
+            raise ValueError("a query needs at least one positive or negative word, or a vector")
         return self
+
+    @property
+    def has_positive(self) -> bool:
+        return bool(self.positive) or self.vector is not None
 
 
 class SimilarBatchCreate(JsonBody):
@@ -304,8 +317,10 @@ class SimilarBatchCreate(JsonBody):
                                 {"type": "string"},
                                 {
                                     "type": "object",
-                                    "required": ["positive"],
-                                    "properties": {"positive": {"minItems": 1}},
+                                    "anyOf": [
+                                        {"required": ["positive"], "properties": {"positive": {"minItems": 1}}},
+                                        {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+                                    ],
                                 },
                             ]
                         }
@@ -317,7 +332,9 @@ class SimilarBatchCreate(JsonBody):
 
     model: Id | None = Field(None, description=f"Model id {ID_HINT}; omitted: the newest model.")
     queries: list[Word | BatchQuery] = Field(
-        min_length=1, max_length=1000, description="Words, or {'positive': [...], 'negative': [...]} objects."
+        min_length=1,
+        max_length=1000,
+        description="Words, or {'positive': [...], 'negative': [...], 'vector': [...]} objects (each part optional).",
     )
     topn: StrictInt = Field(10, ge=1, le=1000)
     restrict_vocab: StrictInt | None = Field(None, ge=1)

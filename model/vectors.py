@@ -668,8 +668,25 @@ class Vectors:
                         continue
                 elif isinstance(term, np.ndarray):
                     if term.shape != (self.vector_size,):
-                        raise ParameterError(f"query vector has shape {term.shape}, expected ({self.vector_size},)")
-                    side.append(term.astype(np.float32, copy=False))
+                        raise ParameterError(
+                            f"a query vector needs the model's {self.vector_size} numbers, "
+                            f"got one of shape {term.shape}"
+                        )
+                    try:
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            vec = term.astype(np.float32, copy=False)
+                    except (TypeError, ValueError):
+                        raise ParameterError(f"a query vector must hold numbers, got dtype {term.dtype}") from None
+                    # Checked in float32, the precision it is searched in: 1e300 is infinite there.
+                    if not np.isfinite(vec).all():
+                        raise ParameterError(
+                            "a query vector must hold finite float32 numbers only (no NaN, infinity, or beyond 3.4e38)"
+                        )
+                    if not vec.any():
+                        raise ParameterError(
+                            "a query vector of zeros has no direction: no word is more similar to it than another"
+                        )
+                    side.append(vec)
                 else:
                     raise ParameterError(
                         f"query terms must be words, vectors or (word or vector, weight) pairs, got {item!r:.80}"

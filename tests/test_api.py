@@ -755,6 +755,44 @@ def test_similar_batch_matches_the_library(client: TestClient, vectors: Vectors)
     assert r.json()["results"] == [hits(h) for h in expected]
 
 
+def test_a_batch_takes_vectors_as_gensims_similar_by_vector_does(
+    client: TestClient, model_id: str, vectors: Vectors
+) -> None:
+    """Nearest words to a raw vector (a document's mean, say), alone or with words beside it."""
+    doc = (vectors["king"] + vectors["woman"] + 0.5 * vectors["w3"]).tolist()
+    body = {"queries": [{"vector": doc}, {"vector": doc, "negative": ["man"]}, "queen"], "topn": 4}
+    r = client.post("/similar/batch", json=body)
+    assert r.status_code == 200, r.text
+    expected = vectors.most_similar_batch(
+        [([np.asarray(doc)], []), ([np.asarray(doc)], ["man"]), "queen"], topn=4
+    )
+    assert r.json()["results"] == [hits(h) for h in expected]
+    # As gensim's similar_by_vector: no word is left out, so a word's own vector finds it first.
+    assert expected[0] == vectors.similar_by_vector(np.asarray(doc), topn=4)
+    r = client.post("/similar/batch", json={"queries": [{"vector": vectors["king"].tolist()}], "topn": 1})
+    assert r.json()["results"][0][0]["word"] == "king"
+    # A vector counts as a positive term for 3CosMul.
+    r = client.post("/similar/batch", json={"queries": [{"vector": doc}], "method": "mul", "topn": 2})
+    assert r.status_code == 200 and len(r.json()["results"][0]) == 2
+
+
+def test_bad_query_vectors_are_422_naming_the_query(client: TestClient, model_id: str, vectors: Vectors) -> None:
+    good = vectors["king"].tolist()
+    for vector, message in [
+        (good[:-1], f"needs the model's {vectors.vector_size} numbers"),
+        ([0.0] * vectors.vector_size, "zeros has no direction"),
+        ([1e39] + good[1:], "finite float32"),
+    ]:
+        r = client.post("/similar/batch", json={"queries": ["king", {"vector": vector}]})
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"] == ["body", "queries", 1] and message in error["msg"], error
+    for raw in [b'{"queries": [{"vector": [NaN, 1]}]}', b'{"queries": [{"vector": []}]}',
+                b'{"queries": [{"vector": ["a", 1]}]}', b'{"queries": [{"vector": 3}]}']:
+        r = client.post("/similar/batch", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "vector" in {str(p) for e in r.json()["detail"] for p in e["loc"]}, raw
+
+
 def test_unknown_words_are_404_naming_them(client: TestClient, model_id: str) -> None:
     cases = [
         ("/similar", {"word": "zebra"}, ["zebra"]),

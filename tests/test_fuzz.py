@@ -10,7 +10,8 @@ Two adjustments to the default checks, both because a JSON schema cannot say eve
 - For the operations listed in `_SEMANTIC_422`, a schema-valid request may still be a 422:
   what they refuse depends on the content (a word2vec file that does not parse, a gzip body
   that does not decompress) or on two fields together (`min_alpha` above `alpha`, both or
-  neither of `corpus_id`/`text`, `/similar` with no positive word).
+  neither of `corpus_id`/`text`, `/similar` with no positive word) or on the model asked (a
+  query vector in `/similar/batch` of another length than the model's vectors).
 Everything else — no 5xx, documented status codes, response bodies and headers matching the
 schema, content types, Allow on 405, unsupported methods — is checked as shipped.
 """
@@ -47,7 +48,7 @@ MAX_EXAMPLES = DEEP or 25
 _NEGATIVE_OK = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 _POSITIVE_OK = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]
 _RAW_BODY = ["/corpora", "/models/import", "/models/{model_id}/evaluate"]
-_SEMANTIC_422 = ["/train", "/similar", "/models/import", "/models/{model_id}/evaluate", "/corpora"]
+_SEMANTIC_422 = ["/train", "/similar", "/similar/batch", "/models/import", "/models/{model_id}/evaluate", "/corpora"]
 
 
 def _config() -> SchemathesisConfig:

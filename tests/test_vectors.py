@@ -152,6 +152,20 @@ def test_raw_vector_queries_match_gensim(store, search_path) -> None:
     assert_same_hits(ours.most_similar(**mixed), kv.most_similar(**mixed))
 
 
+def test_raw_vectors_without_a_direction_are_refused_saying_why(store) -> None:
+    """gensim answers these with NaN scores or a cast error; any ranking would be made up."""
+    ours, _, arr = store
+    for vector, message in [
+        (np.zeros(arr.shape[1]), "zeros has no direction"),
+        (np.full(arr.shape[1], np.nan), "finite float32"),
+        (np.full(arr.shape[1], 1e300), "finite float32"),  # infinite once in float32
+        (np.full(arr.shape[1], "x"), "must hold numbers"),
+        (arr[0][:-1], f"needs the model's {arr.shape[1]} numbers"),
+    ]:
+        with pytest.raises(ParameterError, match=message):
+            ours.similar_by_vector(vector)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -187,15 +188,17 @@ async def doesnt_match(
 
 @router.post("/similar/batch", response_model_exclude_none=True)
 async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: OwnerDep) -> SimilarBatchPublic:
-    """Many neighbour queries in one request, answered with one matrix product."""
+    """Many neighbour queries in one request, answered with one matrix product.
+
+    A query is a word, or words to add and subtract, or a vector (with words too, if wanted)."""
     if body.method == "mul":
-        no_positive = [i for i, q in enumerate(body.queries) if isinstance(q, BatchQuery) and not q.positive]
+        no_positive = [i for i, q in enumerate(body.queries) if isinstance(q, BatchQuery) and not q.has_positive]
         if no_positive:
             raise RequestValidationError(
                 [
                     {
                         "loc": ["body", "queries", i, "positive"],
-                        "msg": "3CosMul (method 'mul') needs at least one positive word",
+                        "msg": "3CosMul (method 'mul') needs at least one positive word or a vector",
                         "type": "missing",
                     }
                     for i in no_positive
@@ -203,14 +206,18 @@ async def similar_batch(body: SimilarBatchCreate, models: ModelsDep, owner: Owne
             )
     lm = await loaded_model(models, body.model, owner)
     asked = [(q.positive, q.negative) if isinstance(q, BatchQuery) else ([q], []) for q in body.queries]
-    queries = [(lm.model.query_words(pos), lm.model.query_words(neg)) for pos, neg in asked]
+    sides = [(lm.model.query_words(pos), lm.model.query_words(neg)) for pos, neg in asked]
+    raw = [np.asarray(q.vector) if isinstance(q, BatchQuery) and q.vector is not None else None for q in body.queries]
+    queries: list[tuple[list[Any], list[Any]]] = [
+        ([*pos, *([] if vec is None else [vec])], neg) for (pos, neg), vec in zip(sides, raw, strict=True)
+    ]
     vectors = lm.model.vectors
     # Each query checked on its own, so that an error names the query it is about.
     unknown: list[list[str]] = []
     refused = []
-    for i, ((pos, neg), words) in enumerate(zip(queries, asked, strict=True)):
-        missing = [w for w in dict.fromkeys((*pos, *neg)) if not vectors.has_vector(w)]
-        unknown.append(_as_asked(lm, [*words[0], *words[1]], missing))
+    for i, ((pos, neg), (pos_words, neg_words), spelled) in enumerate(zip(queries, sides, asked, strict=True)):
+        missing = [w for w in dict.fromkeys((*pos_words, *neg_words)) if not vectors.has_vector(w)]
+        unknown.append(_as_asked(lm, [*spelled[0], *spelled[1]], missing))
         if not missing:
             try:
                 vectors.check_query(pos, neg, body.method)
