@@ -781,7 +781,7 @@ def test_bad_query_vectors_are_422_naming_the_query(client: TestClient, model_id
     for vector, message in [
         (good[:-1], f"needs the model's {vectors.vector_size} numbers"),
         ([0.0] * vectors.vector_size, "zeros has no direction"),
-        ([1e39] + good[1:], "finite float32"),
+        ([1e39, *good[1:]], "finite float32"),
     ]:
         r = client.post("/similar/batch", json={"queries": ["king", {"vector": vector}]})
         assert r.status_code == 422, r.text
