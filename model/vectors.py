@@ -422,15 +422,25 @@ class Vectors:
         """Cosine distances (1 - similarity) from a word or vector to `other_words`, or to every
         word when none are given, in gensim's float32 arithmetic (so ties fall alike)."""
         v = self.get_vector(word_or_vector) if isinstance(word_or_vector, str) else np.asarray(word_or_vector)
-        others = self.vectors if not other_words else self.vectors[[self.get_index(w) for w in other_words]]
+        if other_words:
+            self._check_known(other_words)
+            # With subwords, words outside the vocabulary take their n-grams' vectors.
+            others = np.vstack([self.get_vector(w) for w in other_words])
+        else:
+            others = self.vectors
         sims = others @ v / (np.linalg.norm(v) * np.linalg.norm(others, axis=1))
         return np.asarray(1 - sims)
 
     def closer_than(self, w1: str, w2: str) -> list[str]:
-        """Words closer to `w1` than `w2` is, most frequent first (`w1` itself left out)."""
+        """Words closer to `w1` than `w2` is, most frequent first (`w1` itself left out). With
+        subwords either may be outside the vocabulary; the answers are vocabulary words."""
         dists = self.distances(w1)
-        own = self.get_index(w1)
-        return [self.words[i] for i in np.flatnonzero(dists < dists[self.get_index(w2)]) if i != own]
+        i2 = self.key_to_index.get(w2)
+        # A vocabulary word's distance read from the same product, so that it never counts as
+        # closer than itself by a rounding difference.
+        limit = dists[i2] if i2 is not None else self.distances(w1, [w2])[0]
+        own = self.key_to_index.get(w1)
+        return [self.words[i] for i in np.flatnonzero(dists < limit) if i != own]
 
     def rank(self, w1: str, w2: str) -> int:
         """1 + how many words are closer to `w1` than `w2` is."""

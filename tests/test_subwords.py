@@ -91,6 +91,22 @@ def test_words_outside_the_vocabulary_get_vectors_from_their_ngrams(lee_subwords
     assert v.doesnt_match(["governmentt", "government", "bombings"]) == "bombings"
 
 
+def test_distance_helpers_take_words_outside_the_vocabulary(lee_subwords: Model) -> None:
+    v = lee_subwords.vectors  # type: ignore[attr-defined]
+    oov = v.get_vector("governmentt")
+    d = v.distances("governmentt", ["government", "bombingss"])
+    expected = [1 - np.dot(oov, v.get_vector(w)) / (np.linalg.norm(oov) * np.linalg.norm(v.get_vector(w)))
+                for w in ("government", "bombingss")]
+    np.testing.assert_allclose(d, expected, atol=1e-6)
+    # The misspelling's nearest word is "government" (above), so nothing is closer to it.
+    assert v.closer_than("governmentt", "government") == [] and v.rank("governmentt", "government") == 1
+    # Seen from "government", its misspelling sits among its nearest words.
+    assert v.rank("government", "governmentt") <= 5
+    assert "governmentt" not in v.closer_than("police", "bombingss")
+    with pytest.raises(UnknownWordError):
+        v.distances("government", [untrained_word(v.subwords)])
+
+
 def test_subwords_survive_save_and_load(lee_subwords: Model, tmp_path: Path) -> None:
     model = lee_subwords
     model.save(tmp_path / "m")  # type: ignore[attr-defined]
