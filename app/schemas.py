@@ -282,13 +282,15 @@ class BatchQuery(BaseModel):
     negative: list[Word] = Field(
         default_factory=list,
         max_length=100,
-        description="Words to move away from. A query needs at least one word or a vector; 3CosMul, a positive one.",
+        description="Words to move away from. A query needs at least one word or a vector; 3CosMul, a positive "
+        "word or a vector.",
     )
-    vector: list[float] | None = Field(
+    vector: list[StrictFloat] | None = Field(
         None,
         min_length=1,
         description="A vector of the model's `vector_size` numbers, on the positive side: alone, the words "
-        "nearest to it (gensim's `similar_by_vector`); no word is left out of its answers.",
+        "nearest to it (gensim's `similar_by_vector`); no word is left out of its answers. Added as given, as "
+        "gensim does, beside unit-length word vectors: normalise it to weigh it as one word.",
     )
 
     @model_validator(mode="after")

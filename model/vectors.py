@@ -200,6 +200,10 @@ def _check_parsed(query: _Parsed, method: Method) -> None:
         raise ParameterError(f"a query needs at least one {needed}")
 
 
+# Far above any trained vector's length, far below where float32 products with it overflow.
+_MAX_QUERY_NORM = 1e30
+
+
 def _cancelled_out() -> ParameterError:
     return ParameterError(
         "the query's terms cancel out (the same word positive and negative, say): their mean has no direction "
@@ -694,7 +698,13 @@ class Vectors:
                         )
                     if not vec.any():
                         raise ParameterError(
-                            "a query vector of zeros has no direction: no word is more similar to it than another"
+                            "a query vector of zeros (in float32) has no direction: no word is more similar to it "
+                            "than another"
+                        )
+                    if not float(np.linalg.norm(vec.astype(np.float64))) <= _MAX_QUERY_NORM:
+                        raise ParameterError(
+                            f"a query vector's length must be at most {_MAX_QUERY_NORM:g}, so that its products "
+                            "with the words stay finite in float32; scale it down"
                         )
                     side.append(vec)
                 else:

@@ -780,15 +780,20 @@ def test_bad_query_vectors_are_422_naming_the_query(client: TestClient, model_id
     good = vectors["king"].tolist()
     for vector, message in [
         (good[:-1], f"needs the model's {vectors.vector_size} numbers"),
-        ([0.0] * vectors.vector_size, "zeros has no direction"),
+        ([0.0] * vectors.vector_size, "has no direction"),
+        ([1e-50] * vectors.vector_size, "zeros (in float32) has no direction"),
         ([1e39, *good[1:]], "finite float32"),
+        ([1e31, *good[1:]], "length must be at most 1e+30"),
     ]:
         r = client.post("/similar/batch", json={"queries": ["king", {"vector": vector}]})
         assert r.status_code == 422, r.text
         [error] = r.json()["detail"]
         assert error["loc"] == ["body", "queries", 1] and message in error["msg"], error
     for raw in [b'{"queries": [{"vector": [NaN, 1]}]}', b'{"queries": [{"vector": []}]}',
-                b'{"queries": [{"vector": ["a", 1]}]}', b'{"queries": [{"vector": 3}]}']:
+                b'{"queries": [{"vector": ["a", 1]}]}', b'{"queries": [{"vector": 3}]}',
+                # Strings and booleans are no numbers, though Python would read them as some.
+                json.dumps({"queries": [{"vector": ["1.5"] * vectors.vector_size}]}).encode(),
+                json.dumps({"queries": [{"vector": [True] * vectors.vector_size}]}).encode()]:
         r = client.post("/similar/batch", content=raw, headers={"Content-Type": "application/json"})
         assert r.status_code == 422 and "vector" in {str(p) for e in r.json()["detail"] for p in e["loc"]}, raw
 

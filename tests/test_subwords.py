@@ -102,7 +102,10 @@ def test_distance_helpers_take_words_outside_the_vocabulary(lee_subwords: Model)
     assert v.closer_than("governmentt", "government") == [] and v.rank("governmentt", "government") == 1
     # Seen from "government", its misspelling sits among its nearest words.
     assert v.rank("government", "governmentt") <= 5
-    assert "governmentt" not in v.closer_than("police", "bombingss")
+    # An unseen w2: every vocabulary word nearer to w1 than its n-gram vector is.
+    limit = v.distances("police", ["bombingss"])[0]
+    assert v.closer_than("police", "bombingss") == [w for w, d in zip(v.words, v.distances("police"), strict=True)
+                                                      if d < limit and w != "police"]
     with pytest.raises(UnknownWordError):
         v.distances("government", [untrained_word(v.subwords)])
 
@@ -269,6 +272,9 @@ def test_train_takes_subword_settings_and_refuses_bad_ones(client: TestClient) -
     assert r.status_code == 422 and "max_n (2) must be 0 (no subwords) or at least min_n (3)" in r.text
     r = client.post("/train", json={"text": "a b c\n", "max_n": 21})
     assert r.status_code == 422 and "max_n" in r.text
+    # The CUDA Hogwild kernel trains subwords too (the job waits for a GPU worker).
+    r = client.post("/train", json={"text": "a b c\n", "max_n": 6, "device": "cuda", "engine": "hogwild"})
+    assert r.status_code == 202, r.text
     # A plain job's config holds no subword settings: a worker of the release before reads it.
     r = client.post("/train", json={"text": "a b c\n"})
     assert r.status_code == 202 and "max_n" not in client.get(f"/jobs/{r.json()['job_id']}").json()["config"]

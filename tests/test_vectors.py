@@ -156,7 +156,8 @@ def test_raw_vectors_without_a_direction_are_refused_saying_why(store) -> None:
     """gensim answers these with NaN scores or a cast error; any ranking would be made up."""
     ours, _, arr = store
     for vector, message in [
-        (np.zeros(arr.shape[1]), "zeros has no direction"),
+        (np.zeros(arr.shape[1]), "has no direction"),
+        (np.full(arr.shape[1], 1e35), "length must be at most"),  # 3CosMul's products would overflow
         (np.full(arr.shape[1], np.nan), "finite float32"),
         (np.full(arr.shape[1], 1e300), "finite float32"),  # infinite once in float32
         (np.full(arr.shape[1], "x"), "must hold numbers"),
