@@ -24,6 +24,8 @@ timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -m gpu tests/test_gpu.py -p 
 step "benchmark"
 bench=0
 timeout "${BENCH_SECONDS:-330}" python3 bench/train_gpu.py --words "${WORDS:-50000000}" --json "$OUT/train_gpu.json" 2>&1 | tee "$OUT/train_gpu.log" || bench=$?
+step "small corpus"
+timeout "${SMALL_SECONDS:-60}" python3 bench/gpu_small_corpus.py 2>&1 | tee "$OUT/gpu_small_corpus.log" || true
 # Launch shapes for tuning, in whatever time is left of the call (its figures are a bonus).
 step "launch shapes"
 timeout "${SWEEP_SECONDS:-60}" python3 bench/gpu_sweep.py 2>&1 | tee "$OUT/gpu_sweep.log" || true

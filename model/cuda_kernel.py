@@ -27,6 +27,7 @@ import numpy as np
 
 from model.backend import array_module, free_device_memory
 from model.errors import TrainingCancelled
+from model.subwords import identity_rows
 
 if TYPE_CHECKING:
     from model.trainer import _Run, _Tracker
@@ -43,6 +44,14 @@ SHARED_MEMORY_BYTES = 48 * 1024
 # holds at once, so each loops over many sentences and none idles while others finish.
 MAX_WARPS_PER_BLOCK = 8
 GRID_WARPS_PER_SM = 128
+# Fewer warps on a small corpus. Warps that update the same rows at the same moment lose some
+# of each other's updates (Hogwild); a large corpus makes up for it, but a small one trained by
+# thousands of warps at once (every document in parallel) learned almost nothing in its first
+# epoch on an H200. A corpus of n words gets at most n² / SMALL_CORPUS_SCALE warps: gensim's Lee
+# corpus (58 k words) one block of 8, which matched the CPU engine; 1 M words ~3,300; from
+# ~2.3 M words an H200's whole grid, which matched it at 5, 20 and 50 M words and ran a third
+# faster at 5 M than 1,080 warps (bench/RESULTS.md, "Small corpora").
+SMALL_CORPUS_SCALE = 300_000_000
 # NVRTC (CuPy's compiler) optimises by default and rejects nvcc's -O flags.
 NVRTC_OPTIONS: tuple[str, ...] = ()
 # Left free beside the job's arrays when deciding whether the whole corpus fits on the GPU
@@ -237,6 +246,13 @@ def split_sentences(offsets: np.ndarray, max_len: int = MAX_GPU_SENTENCE) -> np.
     return np.append(starts, offsets[-1]).astype(np.int64)
 
 
+def grid_blocks(multiprocessors: int, warps_per_block: int, epoch_words: int) -> int:
+    """Blocks in a launch: `GRID_WARPS_PER_SM` warps per multiprocessor, or fewer on a small
+    corpus (`SMALL_CORPUS_SCALE`), one block at least."""
+    warps = min(multiprocessors * GRID_WARPS_PER_SM, epoch_words * epoch_words // SMALL_CORPUS_SCALE)
+    return max(1, warps // warps_per_block)
+
+
 class CudaHogwildEngine:
     def __init__(self, run: _Run, device: str):
         from model.trainer import _job_bounds
@@ -247,10 +263,11 @@ class CudaHogwildEngine:
         self.dim = cfg.vector_size
         self.W_in = cp.asarray(run.syn0)
         self.W_out = cp.asarray(run.syn1neg)
-        # Unread by the plain kernel, but its signature is the same (a vocabulary's worth of
-        # identity rows).
-        self.in_offsets = cp.asarray(run.inputs.offsets)
-        self.in_rows = cp.asarray(run.inputs.rows)
+        # Unread by the plain kernel, whose signature is the same: one entry each instead of a
+        # vocabulary's worth of identity rows.
+        inputs = run.inputs if cfg.subwords else identity_rows(0)
+        self.in_offsets = cp.asarray(inputs.offsets)
+        self.in_rows = cp.asarray(inputs.rows) if inputs.rows.size else cp.zeros(1, dtype=np.int32)
         self.host_offsets = split_sentences(run.corpus.offsets)
         self.offsets = cp.asarray(self.host_offsets)
         self.keep = cp.asarray(run.keep)
@@ -280,7 +297,7 @@ class CudaHogwildEngine:
         self.warps = max(1, min(MAX_WARPS_PER_BLOCK, SHARED_MEMORY_BYTES // per_warp))
         self.shared = per_warp * self.warps
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        self.blocks = max(1, int(props["multiProcessorCount"]) * GRID_WARPS_PER_SM // self.warps)
+        self.blocks = grid_blocks(int(props["multiProcessorCount"]), self.warps, run.corpus.n_words)
         self.loss = cp.zeros(1, dtype=cp.float64)
         self.trained = cp.zeros(1, dtype=cp.uint64)
 

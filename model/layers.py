@@ -18,9 +18,14 @@ def scatter_add(target: Array, index: Array, values: Array) -> None:
     """target[index] += values, accumulating repeated indices (unlike fancy-index assignment)."""
     xp = get_array_module(target)
     if xp.__name__ == "cupy":
-        import cupyx
+        # CuPy 14 deprecates cupyx.scatter_add (a warning per call) for ufunc.at, which older
+        # releases lack.
+        if hasattr(xp.add, "at"):
+            xp.add.at(target, index, values)
+        else:
+            import cupyx
 
-        cupyx.scatter_add(target, index, values)
+            cupyx.scatter_add(target, index, values)
         return
     # np.add.at loops element by element; sorting the rows and summing runs of equal
     # indices with reduceat gives the same sums an order of magnitude faster.

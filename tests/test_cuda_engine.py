@@ -214,3 +214,16 @@ def test_the_subword_kernel_with_no_ngrams_is_the_plain_kernel(gpu: SimCupy, lee
     assert "#define SUBWORDS 1" not in gpu.kernels[0].source and "#define SUBWORDS 1" in gpu.kernels[1].source
     np.testing.assert_array_equal(sub.vectors.vectors, plain.vectors.vectors)
 
+
+def test_small_corpora_are_trained_by_fewer_warps() -> None:
+    """The grid narrows with the square of a small corpus's size; from ~2.3 M words it is whole.
+    The sizes are those measured on an H200 (bench/RESULTS.md, "Small corpora")."""
+    full = 132 * cuda_kernel.GRID_WARPS_PER_SM // 8
+    assert cuda_kernel.grid_blocks(132, 8, 58_152) == 1  # Lee: 11 warps, one block of 8
+    assert cuda_kernel.grid_blocks(132, 8, 1_000_000) == 3_333 // 8
+    assert cuda_kernel.grid_blocks(132, 8, 5_000_000) == full
+    assert cuda_kernel.grid_blocks(132, 8, 50_000_000) == full
+    assert cuda_kernel.grid_blocks(132, 8, 0) == 1
+    sizes = range(0, 5_000_000, 50_000)
+    blocks = [cuda_kernel.grid_blocks(132, 8, n) for n in sizes]
+    assert blocks == sorted(blocks)  # never fewer warps for more words
