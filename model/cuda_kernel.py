@@ -27,7 +27,6 @@ import numpy as np
 
 from model.backend import array_module, free_device_memory
 from model.errors import TrainingCancelled
-from model.subwords import identity_rows
 
 if TYPE_CHECKING:
     from model.trainer import _Run, _Tracker
@@ -263,11 +262,10 @@ class CudaHogwildEngine:
         self.dim = cfg.vector_size
         self.W_in = cp.asarray(run.syn0)
         self.W_out = cp.asarray(run.syn1neg)
-        # Unread by the plain kernel, whose signature is the same: one entry each instead of a
-        # vocabulary's worth of identity rows.
-        inputs = run.inputs if cfg.subwords else identity_rows(0)
-        self.in_offsets = cp.asarray(inputs.offsets)
-        self.in_rows = cp.asarray(inputs.rows) if inputs.rows.size else cp.zeros(1, dtype=np.int32)
+        if cfg.subwords:
+            self.in_offsets, self.in_rows = cp.asarray(run.inputs.offsets), cp.asarray(run.inputs.rows)
+        else:  # unread by the plain kernel, whose signature is the same: one entry each
+            self.in_offsets, self.in_rows = cp.zeros(1, dtype=np.int64), cp.zeros(1, dtype=np.int32)
         self.host_offsets = split_sentences(run.corpus.offsets)
         self.offsets = cp.asarray(self.host_offsets)
         self.keep = cp.asarray(run.keep)

@@ -204,6 +204,32 @@ def _check_parsed(query: _Parsed, method: Method) -> None:
 _MAX_QUERY_NORM = 1e30
 
 
+def _query_vector(term: np.ndarray, dim: int) -> FloatArray:
+    """A raw query vector in float32, or the ParameterError that says why it cannot be searched."""
+    if term.shape != (dim,):
+        raise ParameterError(f"a query vector needs the model's {dim} numbers, got one of shape {term.shape}")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            vec = term.astype(np.float32, copy=False)
+    except (TypeError, ValueError):
+        raise ParameterError(f"a query vector must hold numbers, got dtype {term.dtype}") from None
+    # Checked in float32, the precision it is searched in: 1e300 is infinite there.
+    if not np.isfinite(vec).all():
+        raise ParameterError(
+            "a query vector must hold finite float32 numbers only (no NaN, infinity, or beyond 3.4e38)"
+        )
+    if not vec.any():
+        raise ParameterError(
+            "a query vector of zeros (in float32) has no direction: no word is more similar to it than another"
+        )
+    if not float(np.linalg.norm(vec.astype(np.float64))) <= _MAX_QUERY_NORM:
+        raise ParameterError(
+            f"a query vector's length must be at most {_MAX_QUERY_NORM:g}, so that its products with the words "
+            "stay finite in float32; scale it down"
+        )
+    return vec
+
+
 def _cancelled_out() -> ParameterError:
     return ParameterError(
         "the query's terms cancel out (the same word positive and negative, say): their mean has no direction "
@@ -681,32 +707,7 @@ class Vectors:
                         unknown.append(term)
                         continue
                 elif isinstance(term, np.ndarray):
-                    if term.shape != (self.vector_size,):
-                        raise ParameterError(
-                            f"a query vector needs the model's {self.vector_size} numbers, "
-                            f"got one of shape {term.shape}"
-                        )
-                    try:
-                        with np.errstate(over="ignore", invalid="ignore"):
-                            vec = term.astype(np.float32, copy=False)
-                    except (TypeError, ValueError):
-                        raise ParameterError(f"a query vector must hold numbers, got dtype {term.dtype}") from None
-                    # Checked in float32, the precision it is searched in: 1e300 is infinite there.
-                    if not np.isfinite(vec).all():
-                        raise ParameterError(
-                            "a query vector must hold finite float32 numbers only (no NaN, infinity, or beyond 3.4e38)"
-                        )
-                    if not vec.any():
-                        raise ParameterError(
-                            "a query vector of zeros (in float32) has no direction: no word is more similar to it "
-                            "than another"
-                        )
-                    if not float(np.linalg.norm(vec.astype(np.float64))) <= _MAX_QUERY_NORM:
-                        raise ParameterError(
-                            f"a query vector's length must be at most {_MAX_QUERY_NORM:g}, so that its products "
-                            "with the words stay finite in float32; scale it down"
-                        )
-                    side.append(vec)
+                    side.append(_query_vector(term, self.vector_size))
                 else:
                     raise ParameterError(
                         f"query terms must be words, vectors or (word or vector, weight) pairs, got {item!r:.80}"
